@@ -1,0 +1,218 @@
+"""Collect per-run metrics into paper-style result tables.
+
+A *run* is one trained model (variant x seed). Each run writes a JSON file with
+its test metrics; this module loads those files, aggregates them over seeds and
+formats the result the way the paper reports it: ``mean (sd)`` in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "REQUIRED_KEYS",
+    "atomic_write_json",
+    "atomic_write_text",
+    "level_table",
+    "load_runs",
+    "results_table",
+    "summary_stats",
+    "write_table",
+]
+
+REQUIRED_KEYS: tuple[str, ...] = ("variant", "seed", "path_accuracy", "node_accuracy", "level_accuracy")
+DEFAULT_METRICS: tuple[str, ...] = ("path_accuracy", "node_accuracy")
+# Shown instead of a standard deviation when a variant has a single seed:
+# the sample sd (ddof=1) is undefined there, and "0.00" would overstate certainty.
+NO_SD = "–"
+# Columns that describe a run rather than measure it; never averaged.
+_ID_COLUMNS = ("variant", "seed", "level_accuracy")
+
+
+# --------------------------------------------------------------------------- io
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp file must live in the destination folder: os.replace is only
+    # atomic within one file system.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # newline="" keeps "\n" as-is so the bytes are identical on every OS.
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600 files; keep results readable like a normal write.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, and paths, to plain JSON values."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (key order kept, trailing newline) atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
+    atomic_write_text(path, text + "\n")
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    """Read and validate one run's metrics file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{path}: missing required key(s) {missing}")
+    if not isinstance(record["level_accuracy"], list):
+        kind = type(record["level_accuracy"]).__name__
+        raise ValueError(f"{path}: 'level_accuracy' must be a list, got {kind}")
+    return record
+
+
+def load_runs(metric_files: Iterable[str | Path]) -> pd.DataFrame:
+    """Load one row per run from JSON metrics files, in the order given."""
+    records = [_read_run(Path(p)) for p in metric_files]
+    if not records:
+        raise ValueError("load_runs: no metrics files given")
+    runs = pd.DataFrame.from_records(records)
+    runs["variant"] = runs["variant"].astype(str)
+    runs["seed"] = runs["seed"].astype(int)
+    return runs
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+def _extra_numeric_columns(runs: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """Numeric columns that are neither identifiers nor metrics (selected or standard)."""
+    return [
+        c
+        for c in runs.columns
+        if c not in _ID_COLUMNS
+        and c not in REQUIRED_KEYS
+        and c not in metrics
+        and pd.api.types.is_numeric_dtype(runs[c])
+        and not pd.api.types.is_bool_dtype(runs[c])
+    ]
+
+
+def _check_columns(runs: pd.DataFrame, columns: Iterable[str]) -> None:
+    """Raise a readable error when the runs frame lacks expected columns."""
+    missing = [c for c in columns if c not in runs.columns]
+    if missing:
+        raise KeyError(f"runs frame is missing column(s) {missing}; has {list(runs.columns)}")
+
+
+def summary_stats(
+    runs: pd.DataFrame,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    scale: float = 100.0,
+) -> pd.DataFrame:
+    """Per-variant numbers: seeds, ``<metric>_mean``/``<metric>_sd`` (x scale), ``<extra>_mean``.
+
+    Variants keep their order of first appearance. ``sd`` is the sample standard
+    deviation (ddof=1), so it is NaN for a variant with a single seed.
+    """
+    metrics = list(metrics)
+    _check_columns(runs, ["variant", "seed", *metrics])
+    extras = _extra_numeric_columns(runs, metrics)
+    groups = runs.groupby("variant", sort=False)
+    out = pd.DataFrame({"seeds": groups["seed"].nunique()})
+    for m in metrics:
+        values = runs[m].astype(float) * scale
+        by_variant = values.groupby(runs["variant"], sort=False)
+        out[f"{m}_mean"] = by_variant.mean()
+        out[f"{m}_sd"] = by_variant.std(ddof=1)
+    for c in extras:
+        out[f"{c}_mean"] = groups[c].mean()
+    return out.reset_index()
+
+
+def _format_seconds(x: float) -> str:
+    """Three significant digits, never scientific: 1234 -> '1234', 0.01234 -> '0.0123'."""
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    decimals = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:.{decimals}f}"
+
+
+def results_table(
+    runs: pd.DataFrame,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    scale: float = 100.0,
+    digits: int = 2,
+) -> pd.DataFrame:
+    """Paper-style table: one row per variant, metrics as ``"mean (sd)"`` strings.
+
+    Columns: ``variant``, one per metric (e.g. ``"72.14 (0.14)"``; sd shown as
+    ``"–"`` for a single seed), ``seeds``, then the per-variant mean of any extra
+    numeric column: ``params`` and other integer columns rounded to int, columns
+    with "seconds" in the name to three significant digits, others to ``digits``.
+    """
+    stats = summary_stats(runs, metrics, scale)
+    table = pd.DataFrame({"variant": stats["variant"]})
+    for m in metrics:
+        table[m] = [
+            f"{mean:.{digits}f} ({NO_SD if pd.isna(sd) else f'{sd:.{digits}f}'})"
+            for mean, sd in zip(stats[f"{m}_mean"], stats[f"{m}_sd"])
+        ]
+    table["seeds"] = stats["seeds"].astype(int)
+    for c in _extra_numeric_columns(runs, list(metrics)):
+        means = stats[f"{c}_mean"]
+        if c == "params" or pd.api.types.is_integer_dtype(runs[c]):
+            table[c] = means.round().astype("Int64")
+        elif "seconds" in c:
+            table[c] = [_format_seconds(float(x)) for x in means]
+        else:
+            table[c] = [f"{x:.{digits}f}" for x in means]
+    return table
+
+
+def level_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long format of per-level accuracy: columns variant, seed, level (1-based), accuracy."""
+    _check_columns(runs, ["variant", "seed", "level_accuracy"])
+    rows = [
+        {"variant": variant, "seed": int(seed), "level": level, "accuracy": float(acc)}
+        for variant, seed, accs in zip(runs["variant"], runs["seed"], runs["level_accuracy"])
+        for level, acc in enumerate(accs, start=1)
+    ]
+    columns = ["variant", "seed", "level", "accuracy"]
+    table = pd.DataFrame(rows, columns=columns)
+    # An empty frame would otherwise come back with object columns.
+    return table.astype({"variant": str, "seed": int, "level": int, "accuracy": float})
+
+
+def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path) -> None:
+    """Write ``table`` as CSV and as a GitHub Markdown table, each atomically."""
+    atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(md_path, table.to_markdown(index=False) + "\n")

@@ -1,0 +1,148 @@
+"""Training and evaluation loops, in the style of torchvision's references/classification."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .metrics import evaluate_paths
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; on CPU the same seed then gives the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (mixed precision, no loss scaling needed); a no-op on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
+                    level_weights: Sequence[float], epoch: int, amp: bool = True, progress: bool = True) -> dict:
+    """One pass over ``loader``; returns the mean loss, the step count and the wall time."""
+    model.train()
+    total, n, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=2.0)
+    for images, paths, _ in bar:
+        images, paths = images.to(device, non_blocking=True), paths.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images)
+        loss = model.loss(logits, paths, level_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(images)
+        n += len(images)
+        bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+    seconds = time.perf_counter() - start
+    return {"loss": total / max(n, 1), "steps": len(loader), "seconds": seconds}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, beam_width: int, amp: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best path per sample: (predicted indices [N, T], scores [N], target indices [N, T])."""
+    model.eval()
+    preds, scores, targets = [], [], []
+    for images, paths, _ in loader:
+        with autocast(device, amp):
+            logits = model(images.to(device))
+        pred, score = model.predict(logits, beam_width)
+        preds.append(pred.cpu())
+        scores.append(score.float().cpu())
+        targets.append(paths)
+    return torch.cat(preds), torch.cat(scores), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, beam_width: int, amp: bool = True) -> dict:
+    """Path, node and per-level accuracy of the model's beam-search paths on ``loader``."""
+    pred, _, target = predict(model, loader, device, beam_width, amp)
+    return evaluate_paths(pred, target)
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, epochs: int, steps_per_epoch: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (the paper used Adam) with a one-cycle schedule, which converges in few CPU epochs."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
+    return optimizer, scheduler
+
+
+def save_checkpoint(path: str | Path, **state) -> None:
+    """torch.save ``state`` atomically (a temp file in the same folder, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there; run the train stage first")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, epochs: int, lr: float,
+        weight_decay: float, level_weights: Sequence[float], beam_width: int, device: torch.device,
+        checkpoint: str | Path, extra_state: dict | None = None, live=None, amp: bool = True,
+        progress: bool = True) -> list[dict]:
+    """Train for ``epochs``, validate each epoch, keep the checkpoint of the best validation path accuracy.
+
+    ``live`` is an optional dvclive ``Live`` that receives the per-epoch metrics. Returns one dict
+    per epoch (train loss, validation metrics, seconds).
+    """
+    model.to(device)
+    optimizer, scheduler = make_optimizer(model, lr, weight_decay, epochs, len(train_loader))
+    history, best = [], -1.0
+    for epoch in range(epochs):
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, level_weights, epoch, amp, progress)
+        val = evaluate(model, val_loader, device, beam_width, amp)
+        row = {"epoch": epoch, "train/loss": stats["loss"], "val/path_accuracy": val["path_accuracy"],
+               "val/node_accuracy": val["node_accuracy"], "seconds": stats["seconds"],
+               "seconds_per_step": stats["seconds"] / max(stats["steps"], 1)}
+        history.append(row)
+        if live is not None:
+            for key in ("train/loss", "val/path_accuracy", "val/node_accuracy"):
+                live.log_metric(key, row[key])
+            live.next_step()
+        if val["path_accuracy"] > best:
+            best = val["path_accuracy"]
+            save_checkpoint(checkpoint, model=model.state_dict(), epoch=epoch, val=val, **(extra_state or {}))
+    return history

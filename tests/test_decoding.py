@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dhnn.decoding import beam_search, beam_search_indices
+from dhnn.taxonomy import IGNORE_INDEX, Taxonomy
+
+SLIDE = Taxonomy.from_paths([["A", "C"], ["A", "D"], ["B", "E"], ["B", "F"], ["B", "G"]])
+
+
+def test_slide_algorithm_1() -> None:
+    o1 = torch.tensor([[0.3, 0.4]])
+    o2 = torch.tensor([[0.0, 0.1, 0.1, 0.2, 0.5]])
+    paths, scores = beam_search([o1, o2], SLIDE, beam_width=1)
+    assert paths == [[["B", "G"]]]
+    assert scores[0].tolist() == pytest.approx([0.4 * 0.5])
+    indices, _ = beam_search_indices([o1, o2], SLIDE, beam_width=1)
+    assert indices.tolist() == [[[1, 4]]]
+
+
+def test_beam_beats_greedy() -> None:
+    tax = Taxonomy.from_paths([["A", "C"], ["A", "D"], ["B", "E"], ["B", "F"]])
+    o1 = torch.tensor([[0.6, 0.4]])
+    o2 = torch.tensor([[0.45, 0.4, 0.95, 0.05]])
+    greedy, greedy_scores = beam_search([o1, o2], tax, beam_width=1)
+    beam, beam_scores = beam_search([o1, o2], tax, beam_width=2)
+    assert greedy[0] == [["A", "C"]]
+    assert greedy_scores[0].tolist() == pytest.approx([0.6 * 0.45])
+    assert beam[0] == [["B", "E"], ["A", "C"]]
+    assert beam_scores[0].tolist() == pytest.approx([0.4 * 0.95, 0.6 * 0.45])
+
+
+def test_variable_depth_and_padding() -> None:
+    # "L" is a leaf at level 1: once chosen it competes unchanged with the extended paths.
+    tax = Taxonomy.from_paths([["L"], ["A", "C"], ["A", "D"]])
+    o1 = torch.tensor([[0.5, 0.5], [0.9, 0.1]], dtype=torch.float64)  # levels[0] = [L, A]
+    o2 = torch.tensor([[0.9, 0.1], [0.9, 0.1]], dtype=torch.float64)  # levels[1] = [C, D]
+    paths, scores = beam_search([o1, o2], tax, beam_width=5)
+    assert paths[0] == [["L"], ["A", "C"], ["A", "D"]]
+    assert paths[1] == [["L"], ["A", "C"], ["A", "D"]]
+    assert scores[0].tolist() == pytest.approx([0.5, 0.45, 0.05, 0, 0])
+    assert scores[1].tolist() == pytest.approx([0.9, 0.09, 0.01, 0, 0])
+    indices, _ = beam_search_indices([o1, o2], tax, beam_width=5)
+    assert indices[0].tolist() == [[0, IGNORE_INDEX], [1, 0], [1, 1]] + [[IGNORE_INDEX] * 2] * 2
+    # Greedy commits to A; a width-2 beam keeps the finished path L, which ends up best.
+    o1, o2 = torch.tensor([[0.4, 0.6]]), torch.tensor([[0.6, 0.4]])
+    assert beam_search([o1, o2], tax, beam_width=1)[0] == [[["A", "C"]]]
+    paths, scores = beam_search([o1, o2], tax, beam_width=2)
+    assert paths == [[["L"], ["A", "C"]]]
+    assert scores[0].tolist() == pytest.approx([0.4, 0.36])
+
+
+def test_zero_probability_paths_are_real_paths() -> None:
+    o1 = torch.tensor([[1.0, 0.0]])
+    o2 = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]])
+    paths, scores = beam_search([o1, o2], SLIDE, beam_width=5)
+    assert len(paths[0]) == 5
+    assert sorted(paths[0]) == [["A", "C"], ["A", "D"], ["B", "E"], ["B", "F"], ["B", "G"]]
+    assert scores.abs().sum() == 0
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> Taxonomy:
+    """Random small trees, depth 1-4, fixed-depth or ragged, nodes in shuffled order."""
+    max_depth = draw(st.integers(1, 4))
+    fixed = draw(st.booleans())
+    names = iter(f"n{i}" for i in range(10_000))
+    leaf_paths: list[list[str]] = []
+
+    def grow(prefix: list[str]) -> None:
+        for _ in range(draw(st.integers(1, 3))):
+            path = prefix + [next(names)]
+            if len(path) < max_depth and (fixed or draw(st.booleans())):
+                grow(path)
+            else:
+                leaf_paths.append(path)
+
+    grow([])
+    return Taxonomy.from_paths(draw(st.permutations(leaf_paths)))
+
+
+def random_scores(tax: Taxonomy, batch: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    scores = [torch.rand(batch, n, generator=g, dtype=torch.float64) + 0.01 for n in tax.level_sizes]
+    return [s / s.sum(dim=1, keepdim=True) for s in scores]
+
+
+def brute_force(level_scores: list[torch.Tensor], tax: Taxonomy, b: int) -> list[tuple[float, list[str]]]:
+    ranked = []
+    for leaf in tax.leaves:
+        path = tax.path(leaf)
+        prob = math.prod(level_scores[t][b, tax.index(n)].item() for t, n in enumerate(path))
+        ranked.append((prob, path))
+    return sorted(ranked, key=lambda x: -x[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(trees(), st.integers(0, 2**31 - 1), st.integers(0, 3))
+def test_exhaustive_beam_matches_brute_force(tax: Taxonomy, seed: int, extra: int) -> None:
+    batch = 3
+    level_scores = random_scores(tax, batch, seed)
+    k = len(tax.leaves) + extra
+    paths, scores = beam_search(level_scores, tax, beam_width=k)
+    assert scores.shape == (batch, k)
+    for b in range(batch):
+        expected = brute_force(level_scores, tax, b)
+        assert paths[b] == [p for _, p in expected]
+        torch.testing.assert_close(scores[b, : len(expected)],
+                                   torch.tensor([s for s, _ in expected], dtype=scores.dtype))
+        assert scores[b, len(expected):].abs().sum() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(trees(), st.integers(0, 2**31 - 1), st.integers(1, 6))
+def test_any_beam_gives_real_sorted_paths(tax: Taxonomy, seed: int, k: int) -> None:
+    batch = 4
+    level_scores = random_scores(tax, batch, seed)
+    indices, scores = beam_search_indices(level_scores, tax, beam_width=k)
+    paths, _ = beam_search(level_scores, tax, beam_width=k)
+    leaf_paths = {tuple(tax.path(leaf)) for leaf in tax.leaves}
+    assert indices.shape == (batch, k, tax.num_levels)
+    for b in range(batch):
+        assert 1 <= len(paths[b]) == min(k, len(leaf_paths))
+        assert all(tuple(p) in leaf_paths for p in paths[b])
+        assert len(set(map(tuple, paths[b]))) == len(paths[b])
+        assert (scores[b, :-1] >= scores[b, 1:]).all()
+        for j, p in enumerate(paths[b]):
+            assert torch.equal(indices[b, j], tax.encode_path(p))
+            expected = math.prod(level_scores[t][b, tax.index(n)].item() for t, n in enumerate(p))
+            assert scores[b, j].item() == pytest.approx(expected)
+        # The best beam can never be worse than greedy decoding.
+        greedy_scores = beam_search_indices(level_scores, tax, beam_width=1)[1]
+        assert scores[b, 0] >= greedy_scores[b, 0] - 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(trees(), st.integers(0, 2**31 - 1), st.integers(1, 4))
+def test_batch_independence(tax: Taxonomy, seed: int, k: int) -> None:
+    batch = 5
+    level_scores = random_scores(tax, batch, seed)
+    indices, scores = beam_search_indices(level_scores, tax, beam_width=k)
+    for b in range(batch):
+        one_idx, one_scores = beam_search_indices([s[b : b + 1] for s in level_scores], tax, k)
+        assert torch.equal(one_idx[0], indices[b])
+        torch.testing.assert_close(one_scores[0], scores[b])
+
+
+def test_float32_and_empty_batch() -> None:
+    o = [torch.rand(7, 2), torch.rand(7, 5)]
+    indices, scores = beam_search_indices(o, SLIDE, beam_width=3)
+    assert indices.shape == (7, 3, 2) and scores.dtype == torch.float32
+    indices, scores = beam_search_indices([torch.rand(0, 2), torch.rand(0, 5)], SLIDE, 2)
+    assert indices.shape == (0, 2, 2) and scores.shape == (0, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    o = [torch.rand(16, 2), torch.rand(16, 5)]
+    cpu = beam_search_indices(o, SLIDE, 3)
+    gpu = beam_search_indices([s.cuda() for s in o], SLIDE, 3)
+    assert gpu[0].device.type == "cuda"
+    assert torch.equal(gpu[0].cpu(), cpu[0])
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1])
+
+
+@pytest.mark.parametrize("scores, width, message", [
+    ([torch.rand(2, 2)], 1, r"expected 2 score tensors"),
+    ([torch.rand(2, 3), torch.rand(2, 5)], 1, r"level 1: expected scores of shape \[B, 2\], got \[2, 3\]"),
+    ([torch.rand(2, 2), torch.rand(3, 5)], 1, r"level 2: expected scores of shape \[2, 5\], got \[3, 5\]"),
+    ([torch.rand(2, 2), torch.rand(5)], 1, r"level 2: expected scores of shape \[2, 5\], got \[5\]"),
+    ([torch.rand(2, 2), torch.ones(2, 5, dtype=torch.long)], 1, r"level 2: expected floating-point"),
+    ([torch.rand(2, 2), torch.rand(2, 5)], 0, r"beam_width must be an integer >= 1"),
+    ([torch.rand(2, 2), torch.rand(2, 5)], 1.5, r"beam_width must be an integer >= 1"),
+])
+def test_validation(scores: list, width: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        beam_search_indices(scores, SLIDE, width)

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dhnn.report import (
+    atomic_write_json,
+    atomic_write_text,
+    level_table,
+    load_runs,
+    results_table,
+    summary_stats,
+    write_table,
+)
+
+
+@pytest.fixture
+def runs() -> pd.DataFrame:
+    # "cnn_rnn" first on purpose: tables must keep first-appearance order, not sort.
+    return pd.DataFrame(
+        {
+            "variant": ["cnn_rnn", "flat", "cnn_rnn", "flat", "cnn_rnn", "solo"],
+            "seed": [0, 0, 1, 1, 2, 0],
+            "path_accuracy": [0.70, 0.60, 0.72, 0.62, 0.74, 0.50],
+            "node_accuracy": [0.80, 0.70, 0.81, 0.73, 0.83, 0.55],
+            "level_accuracy": [[0.9, 0.8], [0.85, 0.7], [0.91, 0.82], [0.86, 0.71], [0.92, 0.81], [0.6, 0.5]],
+            "params": [1000, 500, 1000, 500, 1001, 7],
+            "train_seconds": [100.0, 50.0, 110.0, 52.0, 120.0, 0.01234],
+        }
+    )
+
+
+def test_summary_stats_numbers(runs: pd.DataFrame) -> None:
+    stats = summary_stats(runs).set_index("variant")
+    assert list(stats.index) == ["cnn_rnn", "flat", "solo"]
+    assert stats.loc["cnn_rnn", "seeds"] == 3
+    assert stats.loc["cnn_rnn", "path_accuracy_mean"] == pytest.approx(72.0)
+    assert stats.loc["cnn_rnn", "path_accuracy_sd"] == pytest.approx(2.0)
+    node = [80.0, 81.0, 83.0]
+    assert stats.loc["cnn_rnn", "node_accuracy_mean"] == pytest.approx(statistics.mean(node))
+    assert stats.loc["cnn_rnn", "node_accuracy_sd"] == pytest.approx(statistics.stdev(node))
+    assert stats.loc["flat", "path_accuracy_sd"] == pytest.approx(statistics.stdev([60.0, 62.0]))
+    assert np.isnan(stats.loc["solo", "path_accuracy_sd"])  # sample sd undefined for one seed
+    assert stats.loc["cnn_rnn", "params_mean"] == pytest.approx(1000 + 1 / 3)
+
+
+def test_summary_stats_scale(runs: pd.DataFrame) -> None:
+    stats = summary_stats(runs, metrics=["path_accuracy"], scale=1.0)
+    assert stats.loc[0, "path_accuracy_mean"] == pytest.approx(0.72)
+    assert "node_accuracy_mean" not in stats.columns
+
+
+def test_results_table_formatting(runs: pd.DataFrame) -> None:
+    table = results_table(runs)
+    assert list(table.columns) == ["variant", "path_accuracy", "node_accuracy", "seeds", "params", "train_seconds"]
+    row = table.set_index("variant").loc["cnn_rnn"]
+    assert row["path_accuracy"] == "72.00 (2.00)"
+    node_sd = statistics.stdev([80.0, 81.0, 83.0])
+    assert row["node_accuracy"] == f"81.33 ({node_sd:.2f})"
+    assert row["seeds"] == 3
+    assert row["params"] == 1000
+    assert row["train_seconds"] == "110"
+    solo = table.set_index("variant").loc["solo"]
+    assert solo["path_accuracy"] == "50.00 (–)"
+    assert solo["train_seconds"] == "0.0123"
+
+
+def test_results_table_digits_and_scale(runs: pd.DataFrame) -> None:
+    table = results_table(runs, metrics=["path_accuracy"], scale=1.0, digits=3)
+    assert table.loc[0, "path_accuracy"] == "0.720 (0.020)"
+    assert "node_accuracy" not in table.columns
+
+
+def test_results_table_without_extras(runs: pd.DataFrame) -> None:
+    table = results_table(runs.drop(columns=["params", "train_seconds"]))
+    assert list(table.columns) == ["variant", "path_accuracy", "node_accuracy", "seeds"]
+
+
+def test_level_table(runs: pd.DataFrame) -> None:
+    levels = level_table(runs)
+    assert list(levels.columns) == ["variant", "seed", "level", "accuracy"]
+    assert len(levels) == 2 * len(runs)
+    assert sorted(levels["level"].unique()) == [1, 2]
+    first = levels[(levels["variant"] == "cnn_rnn") & (levels["seed"] == 1)]
+    assert first["accuracy"].tolist() == pytest.approx([0.91, 0.82])
+
+
+def _write_run(path: Path, **overrides: object) -> Path:
+    record = {
+        "variant": "flat",
+        "seed": 0,
+        "path_accuracy": 0.7,
+        "node_accuracy": 0.8,
+        "level_accuracy": [0.9, 0.8],
+        "params": 123,
+    }
+    record.update(overrides)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_load_runs_roundtrip(tmp_path: Path) -> None:
+    files = [
+        _write_run(tmp_path / "a.json", variant="cnn_rnn", seed=1),
+        _write_run(tmp_path / "b.json", variant="flat", seed=0),
+    ]
+    runs = load_runs(files)
+    assert runs["variant"].tolist() == ["cnn_rnn", "flat"]
+    assert runs["seed"].tolist() == [1, 0]
+    assert runs["level_accuracy"].iloc[0] == [0.9, 0.8]
+    assert runs["params"].tolist() == [123, 123]
+    assert len(results_table(runs)) == 2
+
+
+def test_load_runs_missing_key_names_file(tmp_path: Path) -> None:
+    good = _write_run(tmp_path / "good.json")
+    bad = tmp_path / "no_node.json"
+    bad.write_text(json.dumps({"variant": "flat", "seed": 0, "path_accuracy": 0.7, "level_accuracy": []}))
+    with pytest.raises(ValueError, match="no_node.json.*node_accuracy"):
+        load_runs([good, bad])
+
+
+def test_load_runs_invalid_json_names_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        load_runs([bad])
+
+
+def test_load_runs_missing_file_names_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        load_runs([tmp_path / "absent.json"])
+
+
+def test_write_table(runs: pd.DataFrame, tmp_path: Path) -> None:
+    table = results_table(runs)
+    csv_path = tmp_path / "out" / "results.csv"
+    md_path = tmp_path / "out" / "md" / "results.md"
+    write_table(table, csv_path, md_path)
+
+    back = pd.read_csv(csv_path)
+    assert back["variant"].tolist() == ["cnn_rnn", "flat", "solo"]
+    assert back["path_accuracy"].tolist() == table["path_accuracy"].tolist()
+
+    lines = md_path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("|") and "variant" in lines[0] and "path_accuracy" in lines[0]
+    assert set(lines[1]) <= set("|-: ")  # the header separator row
+    assert len(lines) == 2 + len(table)
+    assert md_path.read_text(encoding="utf-8").endswith("\n")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["md", "results.csv", "results.md"]
+
+
+def test_atomic_write_text_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "note.txt"
+    atomic_write_text(path, "first\n")
+    atomic_write_text(path, "second\n")
+    assert path.read_text() == "second\n"
+    assert [p.name for p in path.parent.iterdir()] == ["note.txt"]
+
+
+def test_atomic_write_json(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"z": np.float64(0.5), "a": [np.int64(1), 2], "p": tmp_path / "x"})
+    text = path.read_text()
+    assert text.endswith("}\n")
+    assert list(json.loads(text)) == ["z", "a", "p"]  # insertion order, not sorted
+    assert json.loads(text)["a"] == [1, 2]
+    assert text.startswith('{\n  "z": 0.5')
