@@ -85,11 +85,23 @@ def load_fashion_mnist(root: str | Path, train: bool) -> ImageSet:
     return ImageSet(ds.data.unsqueeze(1).contiguous(), ds.targets.clone(), list(ds.classes))
 
 
-def class_targets(classes: list[str], taxonomy: Taxonomy, source: str = "dataset") -> torch.Tensor:
-    """Per-level target indices [num_classes, T] for each class name, which must be a taxonomy node."""
+def dataset_classes(cfg: dict) -> list[str]:
+    """The class names of the configured data set, without reading its images."""
+    if cfg.get("name", "fashion_mnist") != "fashion_mnist":
+        raise ValueError(f"unknown data set {cfg['name']!r}; expected 'fashion_mnist'")
+    return list(FashionMNIST.classes)
+
+
+def check_classes(classes: list[str], taxonomy: Taxonomy, source: str = "taxonomy") -> None:
+    """Raise a clear error naming ``source`` if a data-set class is not a node of the taxonomy."""
     unknown = [c for c in classes if c not in taxonomy]
     if unknown:
-        raise ValueError(f"{source}: classes {unknown} are not nodes of the taxonomy")
+        raise ValueError(f"{source}: the data set's classes {unknown} are not nodes of the taxonomy")
+
+
+def class_targets(classes: list[str], taxonomy: Taxonomy, source: str = "taxonomy") -> torch.Tensor:
+    """Per-level target indices [num_classes, T] for each class name, which must be a taxonomy node."""
+    check_classes(classes, taxonomy, source)
     return torch.stack([taxonomy.encode_path(taxonomy.path(c)) for c in classes])
 
 
@@ -175,8 +187,7 @@ def build_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
     ``cfg`` is the ``data`` section of params.yaml: name, root, val_fraction, split_seed, and the
     optional limit_train / limit_test (seeded subsets, for quick runs) and augment.
     """
-    if cfg.get("name", "fashion_mnist") != "fashion_mnist":
-        raise ValueError(f"unknown data set {cfg['name']!r}; expected 'fashion_mnist'")
+    dataset_classes(cfg)  # validates the name
     root = resolve(cfg["root"])
     train_all, test = load_fashion_mnist(root, train=True), load_fashion_mnist(root, train=False)
     targets = class_targets(train_all.classes, taxonomy, source=f"{root} (Fashion-MNIST classes)")

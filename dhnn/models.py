@@ -156,8 +156,13 @@ class DHNN(nn.Module):
 
     def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float]) -> torch.Tensor:
         """sum_t w_t * CE(y_t, softmax(o_t)); levels a path does not reach are ignored."""
-        return sum(w * F.nll_loss(lp, paths[:, t], ignore_index=IGNORE_INDEX)
-                   for t, (w, lp) in enumerate(zip(level_weights, self.level_log_probs(logits))))
+        total = logits.new_zeros((), dtype=torch.float32)
+        for t, (w, lp) in enumerate(zip(level_weights, self.level_log_probs(logits))):
+            y = paths[:, t]
+            # a sum over the samples that reach level t: a batch where none does adds 0, not NaN
+            n = (y != IGNORE_INDEX).sum().clamp(min=1)
+            total = total + w * F.nll_loss(lp, y, ignore_index=IGNORE_INDEX, reduction="sum") / n
+        return total
 
     @torch.no_grad()
     def predict(self, logits: torch.Tensor, beam_width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +217,7 @@ def create_model(cfg: dict, taxonomy: Taxonomy, in_chans: int, image_size: int) 
     bb = dict(cfg["backbone"])
     kind = cfg["kind"]
     if kind == "flat":
-        layers = [bb.pop("last_layer")]
+        layers = [cfg.get("layer", "layer4")]
         backbone = Backbone(bb.pop("name"), layers, in_chans, bb.pop("pretrained", False), **bb.pop("kwargs", {}))
         return FlatClassifier(taxonomy, backbone, cfg.get("dropout", 0.0))
     if kind == "rnn":

@@ -80,14 +80,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def _read_run(path: Path) -> dict[str, Any]:
     """Read and validate one run's metrics file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics file not found: {path}")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    record = _read_json_object(path)
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise ValueError(f"{path}: missing required key(s) {missing}")
@@ -216,3 +209,60 @@ def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path) 
     """Write ``table`` as CSV and as a GitHub Markdown table, each atomically."""
     atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(md_path, table.to_markdown(index=False) + "\n")
+
+
+# ------------------------------------------------------------------ pipeline layout
+
+TRAIN_SUMMARY_KEYS: tuple[str, ...] = ("params", "train_seconds", "seconds_per_step")
+
+
+def run_dirs(results_dir: str | Path, variant: str, seed: int) -> tuple[Path, Path]:
+    """The train and infer output folders of one run, as dvc.yaml lays them out."""
+    from .config import run_name
+
+    name = run_name(variant, seed)
+    return Path(results_dir) / "train" / name, Path(results_dir) / "infer" / name
+
+
+def read_dvclive_history(dvclive_dir: str | Path) -> pd.DataFrame:
+    """Learning curves that dvclive logged: long format with columns epoch, metric, value."""
+    root = Path(dvclive_dir) / "plots" / "metrics"
+    frames = []
+    for tsv in sorted(root.rglob("*.tsv")):
+        df = pd.read_csv(tsv, sep="\t")
+        metric = tsv.relative_to(root).with_suffix("").as_posix()
+        frames.append(pd.DataFrame({"epoch": df["step"], "metric": metric, "value": df.iloc[:, -1]}))
+    if not frames:
+        raise FileNotFoundError(f"{root}: no dvclive learning curves (*.tsv) there")
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_grid(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every (variant, seed) run of the grid: (runs with test metrics and training cost, learning curves)."""
+    dirs = [(v, s, *run_dirs(results_dir, v, s)) for v in variants for s in seeds]
+    runs = load_runs([infer / "metrics.json" for _, _, _, infer in dirs])
+    costs, curves = [], []
+    for variant, seed, train, _ in dirs:
+        summary_file = train / "dvclive" / "metrics.json"
+        summary = _read_json_object(summary_file)
+        missing = [k for k in TRAIN_SUMMARY_KEYS if k not in summary]
+        if missing:
+            raise ValueError(f"{summary_file}: missing training summary key(s) {missing}")
+        costs.append({k: summary[k] for k in TRAIN_SUMMARY_KEYS})
+        curves.append(read_dvclive_history(train / "dvclive").assign(variant=variant, seed=seed))
+    runs = pd.concat([runs, pd.DataFrame(costs)], axis=1)
+    history = pd.concat(curves, ignore_index=True)[["variant", "seed", "epoch", "metric", "value"]]
+    return runs, history
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; did the stage that writes it run?")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    return record

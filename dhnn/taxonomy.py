@@ -159,6 +159,7 @@ class Taxonomy:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write JSON atomically (temp file in the same folder, then os.replace)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -175,7 +176,9 @@ class Taxonomy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Taxonomy:
-        """Read a taxonomy written by save (or any JSON with a 'paths' list)."""
+        """Read a taxonomy from JSON (as written by save) or, for a .csv suffix, a CSV of label paths."""
+        if Path(path).suffix.lower() == ".csv":
+            return cls.from_csv(path)
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)

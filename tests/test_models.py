@@ -1,0 +1,92 @@
+"""Model shapes, gradients and the loss on tiny inputs (CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dhnn import IGNORE_INDEX, Taxonomy, count_parameters, create_model
+from dhnn.models import PoolConversion
+
+TREE = Taxonomy.from_csv("taxonomies/fashion_mnist.csv")
+# zero_init_last=False: timm zero-initialises the last BN of each block, which blocks gradients at step 0
+BACKBONE = {"name": "resnet18", "pretrained": False, "kwargs": {"channels": [8, 16, 32, 64], "zero_init_last": False}}
+RNN = {"kind": "rnn", "backbone": BACKBONE, "level_layers": [["layer4"], ["layer3"], ["layer2", "layer1"]],
+       "conversion": {"kind": "pool", "grid": [8, 2, 2], "mode": "max"},
+       "rnn": {"hidden_size": 16, "num_layers": 2, "bidirectional": True, "residual": True}}
+FLAT = {"kind": "flat", "backbone": BACKBONE, "layer": "layer4"}
+
+
+def _batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    leaves = torch.randint(len(TREE.leaves), (n,))
+    return torch.randn(n, 1, 28, 28), TREE.leaf_paths()[leaves]
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("softmax_over", ["level", "all"])
+def test_rnn_shapes_and_gradients(residual: bool, softmax_over: str) -> None:
+    cfg = {**RNN, "rnn": {**RNN["rnn"], "residual": residual}, "softmax_over": softmax_over}
+    model = create_model(cfg, TREE, in_chans=1, image_size=28)
+    x, paths = _batch()
+    logits = model(x)
+    assert logits.shape == (4, TREE.num_levels, len(TREE))
+    log_probs = model.level_log_probs(logits)
+    assert [lp.shape for lp in log_probs] == [(4, n) for n in TREE.level_sizes]
+    model.loss(logits, paths, [1.0, 1.0, 1.0]).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+    pred, score = model.predict(logits, beam_width=2)
+    assert pred.shape == (4, TREE.num_levels) and score.shape == (4,)
+    # every prediction is a real path of the tree
+    leaf_rows = {tuple(r) for r in TREE.leaf_paths().tolist()}
+    assert all(tuple(p) in leaf_rows for p in pred.tolist())
+
+
+def test_flat_shapes_gradients_and_paths() -> None:
+    model = create_model(FLAT, TREE, in_chans=1, image_size=28)
+    x, paths = _batch()
+    logits = model(x)
+    assert logits.shape == (4, len(TREE.leaves))
+    model.loss(logits, paths).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    pred, _ = model.predict(logits)
+    leaf = logits.argmax(-1)
+    assert torch.equal(pred, TREE.leaf_paths()[leaf])
+
+
+def test_flat_leaf_targets_invert_leaf_paths() -> None:
+    model = create_model(FLAT, TREE, in_chans=1, image_size=28)
+    assert torch.equal(model.leaf_targets(TREE.leaf_paths()), torch.arange(len(TREE.leaves)))
+
+
+def test_loss_weights_and_ignored_levels() -> None:
+    model = create_model(RNN, TREE, in_chans=1, image_size=28)
+    x, paths = _batch()
+    logits = model(x)
+    per_level = [model.loss(logits, paths, w) for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
+    assert torch.allclose(model.loss(logits, paths, [1, 2, 3]), per_level[0] + 2 * per_level[1] + 3 * per_level[2])
+    cut = paths.clone()
+    cut[:, 2] = IGNORE_INDEX  # paths that stop at level 2 contribute nothing at level 3
+    assert torch.allclose(model.loss(logits, cut, [1, 1, 1]), per_level[0] + per_level[1])
+
+
+def test_pool_conversion_has_no_parameters_and_fixed_size() -> None:
+    g = PoolConversion((4, 2, 2))
+    assert count_parameters(g) == 0
+    for shape in [(8, 7, 7), (64, 1, 1), (3, 5, 9)]:
+        assert g(torch.randn(2, *shape)).shape == (2, 16)
+
+
+def test_pool_conversion_is_the_pooled_tensor() -> None:
+    a = torch.arange(2 * 4 * 4, dtype=torch.float).reshape(1, 2, 4, 4)
+    out = PoolConversion((1, 2, 2), mode="max")(a)
+    assert out.tolist() == [[21.0, 23.0, 29.0, 31.0]]
+
+
+def test_bad_configs_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="no feature layers"):
+        create_model({**RNN, "level_layers": [["layer9"], ["layer3"], ["layer2"]]}, TREE, 1, 28)
+    with pytest.raises(ValueError, match="3 levels"):
+        create_model({**RNN, "level_layers": [["layer4"], ["layer3"]]}, TREE, 1, 28)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        create_model({**RNN, "kind": "transformer"}, TREE, 1, 28)

@@ -1,0 +1,78 @@
+"""The training loop: reproducibility, checkpoints and the config helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dhnn import Taxonomy, create_model
+from dhnn.config import load_params, project_root, resolve, run_name
+from dhnn.data import HierarchicalTensorDataset, ImageSet, class_targets, make_loader
+from dhnn.training import fit, load_checkpoint, predict, save_checkpoint, seed_everything
+
+TREE = Taxonomy.from_csv("taxonomies/fashion_mnist.csv")
+CFG = {"kind": "rnn", "backbone": {"name": "resnet18", "pretrained": False, "kwargs": {"channels": [8, 8, 8, 8]}},
+       "level_layers": [["layer4"], ["layer3"], ["layer2", "layer1"]],
+       "conversion": {"kind": "pool", "grid": [4, 2, 2], "mode": "max"},
+       "rnn": {"hidden_size": 8, "num_layers": 1, "bidirectional": True, "residual": True}}
+
+
+def _loaders():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (48, 1, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.arange(48) % 10
+    classes = TREE.leaves
+    ds = HierarchicalTensorDataset(ImageSet(images, labels, classes), class_targets(classes, TREE), 0.5, 0.5)
+    return make_loader(ds, 16, True, 0), make_loader(ds, 48, False, 0)
+
+
+def _train(tmp_path: Path, seed: int) -> tuple[list[dict], torch.Tensor]:
+    seed_everything(seed)
+    model = create_model(CFG, TREE, 1, 28)
+    train, val = _loaders()
+    history = fit(model, train, val, epochs=2, lr=1e-2, weight_decay=0.0, level_weights=[1, 1, 1], beam_width=2,
+                  device=torch.device("cpu"), checkpoint=tmp_path / "m.pt", extra_state={"seed": seed}, progress=False)
+    return history, predict(model, val, torch.device("cpu"), 2)[1]
+
+
+def test_same_seed_same_numbers(tmp_path: Path) -> None:
+    h1, s1 = _train(tmp_path, 3)
+    h2, s2 = _train(tmp_path, 3)
+    assert [r["train/loss"] for r in h1] == [r["train/loss"] for r in h2]
+    assert torch.equal(s1, s2)
+    h3, _ = _train(tmp_path, 4)
+    assert [r["train/loss"] for r in h1] != [r["train/loss"] for r in h3]
+
+
+def test_checkpoint_keeps_best_epoch_and_restores(tmp_path: Path) -> None:
+    history, _ = _train(tmp_path, 0)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    best = max(range(len(history)), key=lambda i: (history[i]["val/path_accuracy"], -i))
+    assert ckpt["epoch"] == best and ckpt["seed"] == 0
+    model = create_model(CFG, TREE, 1, 28)
+    model.load_state_dict(ckpt["model"])
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.pt"]  # no temp files left behind
+
+
+def test_save_checkpoint_failure_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(Exception):
+        save_checkpoint(tmp_path / "bad.pt", fn=lambda: None)  # lambdas can't be pickled
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_config_helpers(tmp_path: Path) -> None:
+    assert (project_root() / "dvc.yaml").is_file()
+    assert resolve("params.yaml") == project_root() / "params.yaml"
+    assert run_name("RNN-Pool-Resi", 2) == "RNN-Pool-Resi-seed2"
+    params = load_params()
+    assert set(params["grid"]["variants"]) <= set(params["variants"])
+    bad = tmp_path / "p.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match="p.yaml: not valid YAML"):
+        load_params(bad)
