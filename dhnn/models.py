@@ -80,7 +80,7 @@ class PoolConversion(nn.Module):
 def create_conversion(kind: str, shape: tuple[int, int, int], **cfg) -> nn.Module:
     """The conversion g for a feature map of ``shape`` (C, H, W)."""
     if kind == "pool":
-        return PoolConversion(cfg.get("grid", (16, 2, 2)), cfg.get("mode", "max"))
+        return PoolConversion(cfg.get("grid", (64, 1, 1)), cfg.get("mode", "avg"))
     raise ValueError(f"unknown conversion {kind!r}; expected 'pool'")
 
 

@@ -51,7 +51,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     total, n, start = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=2.0)
     for images, paths, _ in bar:
-        images, paths = images.to(device, non_blocking=True), paths.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        paths = paths.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(images)
         loss = model.loss(logits, paths, level_weights)
@@ -75,7 +76,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, beam_wid
     preds, scores, targets = [], [], []
     for images, paths, _ in loader:
         with autocast(device, amp):
-            logits = model(images.to(device))
+            logits = model(images.to(device, memory_format=torch.channels_last))
         pred, score = model.predict(logits, beam_width)
         preds.append(pred.cpu())
         scores.append(score.float().cpu())
@@ -128,7 +129,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, e
     ``live`` is an optional dvclive ``Live`` that receives the per-epoch metrics. Returns one dict
     per epoch (train loss, validation metrics, seconds).
     """
-    model.to(device)
+    # channels-last convolutions run about a quarter faster on CPU (oneDNN) and suit tensor cores on GPU
+    model.to(device, memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, lr, weight_decay, epochs, len(train_loader))
     history, best = [], -1.0
     for epoch in range(epochs):
