@@ -29,6 +29,8 @@ RAW_MD5 = {
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
 RAW_FILES = tuple(RAW_MD5)
+# Data sets read by dhnn.datasets (imported lazily: it pulls in PIL transforms and folder scanning).
+FOLDER_KINDS = ("image_folder", "inaturalist", "cifar100")
 # Per-channel statistics of the Fashion-MNIST training images, scaled to [0, 1].
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
@@ -87,9 +89,22 @@ def load_fashion_mnist(root: str | Path, train: bool) -> ImageSet:
 
 def dataset_classes(cfg: dict) -> list[str]:
     """The class names of the configured data set, without reading its images."""
+    if cfg.get("name") in FOLDER_KINDS:
+        from .datasets import folder_classes
+        return folder_classes(cfg)
     if cfg.get("name", "fashion_mnist") != "fashion_mnist":
-        raise ValueError(f"unknown data set {cfg['name']!r}; expected 'fashion_mnist'")
+        raise ValueError(f"unknown data set {cfg['name']!r}; expected 'fashion_mnist' or one of {FOLDER_KINDS}")
     return list(FashionMNIST.classes)
+
+
+def dataset_taxonomy(data_cfg: dict, taxonomy_cfg: dict) -> Taxonomy:
+    """The class tree of the configured data set: read from ``taxonomy.source``, or built from the data."""
+    if data_cfg.get("name") in FOLDER_KINDS:
+        from .datasets import dataset_taxonomy as folder_taxonomy
+        return folder_taxonomy(data_cfg, taxonomy_cfg)
+    if not taxonomy_cfg.get("source"):
+        raise ValueError("taxonomy.source: name the taxonomy file (a CSV of label paths, or JSON)")
+    return Taxonomy.load(resolve(taxonomy_cfg["source"]))
 
 
 def check_classes(classes: list[str], taxonomy: Taxonomy, source: str = "taxonomy") -> None:
@@ -124,10 +139,11 @@ def subsample(n: int, limit: int | None, seed: int) -> torch.Tensor:
 class HierarchicalTensorDataset(Dataset):
     """In-memory images with per-level path targets; batches are gathered in one indexing step."""
 
-    def __init__(self, data: ImageSet, targets: torch.Tensor, mean: float, std: float, augment: bool = False):
+    def __init__(self, data: ImageSet, targets: torch.Tensor, mean: float, std: float, augment: bool = False,
+                 size: int | None = None):
         self.images, self.labels = data.images, data.labels
         self.paths = targets[data.labels]  # [N, T] per-level indices
-        self.mean, self.std, self.augment = mean, std, augment
+        self.mean, self.std, self.augment, self.size = mean, std, augment, size
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -141,6 +157,8 @@ class HierarchicalTensorDataset(Dataset):
         x = self.images[idx].float().div_(255.0)
         if self.augment:
             x = random_flip_crop(x, pad=2)
+        if self.size is not None and self.size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         return x, self.paths[idx], self.labels[idx]
 
@@ -165,8 +183,10 @@ def _as_batch(batch):
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
     """A DataLoader whose shuffling order depends only on ``seed``."""
+    # a dataset with __getitems__ returns collated batches itself; per-item datasets need collating
+    collate = _as_batch if hasattr(dataset, "__getitems__") else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed), collate_fn=_as_batch, drop_last=False)
+                      generator=torch.Generator().manual_seed(seed), collate_fn=collate, drop_last=False)
 
 
 @dataclass
@@ -187,6 +207,9 @@ def build_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
     ``cfg`` is the ``data`` section of params.yaml: name, root, val_fraction, split_seed, and the
     optional limit_train / limit_test (seeded subsets, for quick runs) and augment.
     """
+    if cfg.get("name") in FOLDER_KINDS:
+        from .datasets import build_folder_splits
+        return build_folder_splits(cfg, taxonomy)
     dataset_classes(cfg)  # validates the name
     root = resolve(cfg["root"])
     train_all, test = load_fashion_mnist(root, train=True), load_fashion_mnist(root, train=False)
@@ -197,11 +220,12 @@ def build_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
     val_idx = val_idx[subsample(len(val_idx), cfg.get("limit_val", cfg.get("limit_test")), seed)]
     test = test.subset(subsample(len(test.labels), cfg.get("limit_test"), seed))
     stats = (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    size = cfg.get("image_size", 28)  # larger sizes upsample, for ImageNet-sized backbones
     return Splits(
-        train=HierarchicalTensorDataset(train_all.subset(train_idx), targets, *stats, augment=cfg.get("augment", False)),
-        val=HierarchicalTensorDataset(train_all.subset(val_idx), targets, *stats),
-        test=HierarchicalTensorDataset(test, targets, *stats),
-        classes=train_all.classes, in_chans=1, image_size=28,
+        train=HierarchicalTensorDataset(train_all.subset(train_idx), targets, *stats, cfg.get("augment", False), size),
+        val=HierarchicalTensorDataset(train_all.subset(val_idx), targets, *stats, size=size),
+        test=HierarchicalTensorDataset(test, targets, *stats, size=size),
+        classes=train_all.classes, in_chans=1, image_size=size,
     )
 
 

@@ -1,9 +1,9 @@
 """Models: a timm backbone, conversions of its feature maps into one RNN input per level, and heads.
 
-DHNN (the paper's CNN-RNN): u_t = 1/|S_t| sum_{s in S_t} g(a_s); a stacked bidirectional LSTM reads
-u_1..u_T; the residual arc gives o_t = u_t + z(h_t); a shared output layer scores every node and
-level t keeps the logits of its own nodes. The flat baseline is the same backbone with one
-softmax over the leaves.
+DHNN (the paper's CNN-RNN): u_t = 1/|S_t| sum_{s in S_t} g(a_s), with g from conversions.py; a
+stacked bidirectional LSTM (or GRU) reads u_1..u_T; the residual arc gives o_t = u_t + z(h_t); a
+shared output layer scores every node and level t keeps the logits of its own nodes. The flat
+baseline is the same backbone with one softmax over the leaves.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conversions import PoolConversion, create_conversion  # noqa: F401  PoolConversion is re-exported
 from .decoding import beam_search_indices
 from .metrics import leaf_to_paths
 from .taxonomy import IGNORE_INDEX, Taxonomy
@@ -57,33 +58,6 @@ def _create_timm(name: str, pretrained: bool, **kwargs) -> nn.Module:
             warnings.warn(f"no pretrained weights for {name!r} ({type(err).__name__}: {err}); training from scratch")
     return timm.create_model(name, pretrained=False, **kwargs)
 
-
-class PoolConversion(nn.Module):
-    """g(a) = vec(Pool(a)): pool a [C, H, W] map to a fixed (c, h, w) grid; no trainable weights.
-
-    Pooling across channels as well as space gives every layer the same p = c*h*w, which the
-    averaging over S_t and the single RNN input size require.
-    """
-
-    def __init__(self, grid: Sequence[int], mode: str = "max"):
-        super().__init__()
-        if mode not in ("max", "avg"):
-            raise ValueError(f"pooling mode must be 'max' or 'avg', got {mode!r}")
-        self.grid, self.mode = tuple(grid), mode
-        self.out_features = self.grid[0] * self.grid[1] * self.grid[2]
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        pool = F.adaptive_max_pool3d if self.mode == "max" else F.adaptive_avg_pool3d
-        return pool(a.unsqueeze(1), self.grid).flatten(1)
-
-
-def create_conversion(kind: str, shape: tuple[int, int, int], **cfg) -> nn.Module:
-    """The conversion g for a feature map of ``shape`` (C, H, W)."""
-    if kind == "pool":
-        return PoolConversion(cfg.get("grid", (64, 1, 1)), cfg.get("mode", "avg"))
-    raise ValueError(f"unknown conversion {kind!r}; expected 'pool'")
-
-
 class LevelInputs(nn.Module):
     """u_t = mean over s in S_t of g_s(a_s), stacked to [B, T, p]."""
 
@@ -105,22 +79,28 @@ class LevelInputs(nn.Module):
 
 
 class RNNHead(nn.Module):
-    """Stacked (bi)LSTM over u_1..u_T; o_t = u_t + z(h_t) with the residual arc; logits over all nodes."""
+    """Stacked (bi)LSTM or GRU over u_1..u_T; o_t = u_t + z(h_t) with the residual arc; logits over all nodes."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, residual: bool,
-                 num_nodes: int, dropout: float = 0.0):
+                 num_nodes: int, dropout: float = 0.0, cell: str = "lstm"):
         super().__init__()
-        self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
-                           dropout=dropout if num_layers > 1 else 0.0)
+        if cell not in ("lstm", "gru"):
+            raise ValueError(f"rnn cell must be 'lstm' or 'gru', got {cell!r}")
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
+                       dropout=dropout if num_layers > 1 else 0.0)
         rnn_out = hidden_size * (2 if bidirectional else 1)
         self.z = nn.Linear(rnn_out, input_size) if residual else None
         self.out = nn.Linear(input_size if residual else rnn_out, num_nodes)
         for name, w in self.rnn.named_parameters():
             if name.startswith("weight"):
-                nn.init.orthogonal_(w)  # the authors' initialisation
+                nn.init.orthogonal_(w)  # input and recurrent weights: the authors' initialisation
             else:
                 nn.init.zeros_(w)
-                w.data[hidden_size:2 * hidden_size] = 1.0  # forget-gate bias: remember by default
+        if cell == "lstm":  # forget-gate bias 1 (gates i, f, g, o): remember by default; a GRU has no forget gate
+            for name, b in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):  # bias_hh adds to the same gate, so set it in one of the two
+                    nn.init.ones_(b[hidden_size:2 * hidden_size])
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         h, _ = self.rnn(u)
@@ -144,7 +124,7 @@ class DHNN(nn.Module):
         sizes = [len(level) for level in taxonomy.levels]
         self.level_slices = [slice(sum(sizes[:t]), sum(sizes[:t + 1])) for t in range(len(sizes))]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, paths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.inputs(self.backbone(x)))
 
     def level_log_probs(self, logits: torch.Tensor) -> list[torch.Tensor]:
@@ -188,7 +168,7 @@ class FlatClassifier(nn.Module):
             leaf_of_node[taxonomy.nodes.index(leaf)] = i
         self.register_buffer("leaf_of_node", leaf_of_node, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, paths: torch.Tensor | None = None) -> torch.Tensor:
         a = self.backbone(x)[self.last]
         return self.fc(self.drop(a.mean((2, 3))))
 
@@ -212,21 +192,42 @@ class FlatClassifier(nn.Module):
         return leaf_to_paths(leaf, self.taxonomy), p
 
 
+def create_backbone(cfg: dict, layers: Sequence[str], in_chans: int) -> Backbone:
+    """The timm backbone of a variant's ``backbone`` entry (name, pretrained, kwargs), returning ``layers``."""
+    bb = dict(cfg)
+    return Backbone(bb.pop("name"), layers, in_chans, bb.pop("pretrained", False), **bb.pop("kwargs", {}))
+
+
 def create_model(cfg: dict, taxonomy: Taxonomy, in_chans: int, image_size: int) -> nn.Module:
-    """Build a model from one ``variants`` entry of params.yaml (keys: kind, backbone, head settings)."""
-    bb = dict(cfg["backbone"])
+    """Build a model from one ``variants`` entry of params.yaml: kind flat, rnn (CNN-RNN) or s2s (CNN-S2S)."""
     kind = cfg["kind"]
     if kind == "flat":
-        layers = [cfg.get("layer", "layer4")]
-        backbone = Backbone(bb.pop("name"), layers, in_chans, bb.pop("pretrained", False), **bb.pop("kwargs", {}))
+        backbone = create_backbone(cfg["backbone"], [cfg.get("layer", "layer4")], in_chans)
         return FlatClassifier(taxonomy, backbone, cfg.get("dropout", 0.0))
-    if kind == "rnn":
-        level_layers = cfg["level_layers"]
-        layers = sorted({layer for s in level_layers for layer in s})
-        backbone = Backbone(bb.pop("name"), layers, in_chans, bb.pop("pretrained", False), **bb.pop("kwargs", {}))
-        return DHNN(taxonomy, backbone, level_layers, cfg["conversion"], cfg["rnn"], in_chans, image_size,
+    if kind in ("rnn", "s2s"):
+        layers = sorted({layer for s in cfg["level_layers"] for layer in s})
+        backbone = create_backbone(cfg["backbone"], layers, in_chans)
+        if kind == "s2s":
+            from .s2s import CNNS2S, s2s_settings  # s2s builds on this module
+
+            return CNNS2S(taxonomy, backbone, cfg["level_layers"], cfg["conversion"], in_chans, image_size,
+                          **s2s_settings(cfg))
+        return DHNN(taxonomy, backbone, cfg["level_layers"], cfg["conversion"], cfg["rnn"], in_chans, image_size,
                     cfg.get("softmax_over", "level"))
-    raise ValueError(f"unknown model kind {kind!r}; expected 'flat' or 'rnn'")
+    raise ValueError(f"unknown model kind {kind!r}; expected 'flat', 'rnn' or 's2s'")
+
+
+def conversion_summary(model: nn.Module, in_chans: int, image_size: int) -> dict[str, int]:
+    """Trainable parameters and per-sample activation bytes of a model's conversions g (zero for Flat)."""
+    from .conversions import conversion_cost
+
+    inputs = getattr(model, "inputs", None)
+    if inputs is None:
+        return {"conversion_params": 0, "conversion_activation_bytes": 0}
+    shapes = model.backbone.feature_shapes(in_chans, image_size)
+    costs = [conversion_cost(g, shapes[layer]) for layer, g in inputs.convert.items()]
+    return {"conversion_params": sum(c["params"] for c in costs),
+            "conversion_activation_bytes": sum(c["activation_bytes"] for c in costs)}
 
 
 def count_parameters(model: nn.Module) -> int:

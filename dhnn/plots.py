@@ -100,6 +100,32 @@ def plot_level_accuracy(levels: pd.DataFrame) -> Figure:
     return fig
 
 
+# ---------------------------------------------------------- variant comparison
+
+
+def plot_variant_comparison(runs: pd.DataFrame, metrics: Sequence[str] = ("path_accuracy", "node_accuracy")) -> Figure:
+    """One panel per metric: each seed's value as a dot and the mean with sd bars, one row per variant."""
+    _require(runs, ["variant", "seed", *metrics], "runs")
+    variants = _ordered_unique(runs["variant"])
+    palette = _variant_palette(variants)
+    long = runs.melt(id_vars=["variant", "seed"], value_vars=list(metrics), var_name="metric", value_name="value")
+    with sns.axes_style(_STYLE), sns.plotting_context(_CONTEXT):
+        height = max(2.5, 0.45 * len(variants) + 1.2)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), height), layout="constrained",
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            data = long[long["metric"] == metric]
+            sns.stripplot(data=data, x="value", y="variant", hue="variant", order=variants, hue_order=variants,
+                          palette=palette, legend=False, size=5, alpha=0.6, jitter=0.1, ax=ax)
+            sns.pointplot(data=data, x="value", y="variant", order=variants, errorbar="sd", color="black",
+                          markers="|", markersize=14, linestyles="none", capsize=0.2, err_kws={"linewidth": 1.2},
+                          ax=ax)
+            ax.set_title(metric.replace("_", " "))
+            ax.set_xlabel("")
+            ax.set_ylabel("")
+    return fig
+
+
 # ------------------------------------------------------------ learning curves
 
 

@@ -213,7 +213,8 @@ def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path) 
 
 # ------------------------------------------------------------------ pipeline layout
 
-TRAIN_SUMMARY_KEYS: tuple[str, ...] = ("params", "train_seconds", "seconds_per_step")
+TRAIN_SUMMARY_KEYS: tuple[str, ...] = ("params", "conversion_params", "conversion_activation_bytes",
+                                        "train_seconds", "seconds_per_step")
 
 
 def run_dirs(results_dir: str | Path, variant: str, seed: int) -> tuple[Path, Path]:
@@ -250,7 +251,7 @@ def load_grid(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[
             raise ValueError(f"{summary_file}: missing training summary key(s) {missing}")
         costs.append({k: summary[k] for k in TRAIN_SUMMARY_KEYS})
         curves.append(read_dvclive_history(train / "dvclive").assign(variant=variant, seed=seed))
-    runs = pd.concat([runs, pd.DataFrame(costs)], axis=1)
+    runs = pd.concat([runs[list(REQUIRED_KEYS)], pd.DataFrame(costs)], axis=1)
     history = pd.concat(curves, ignore_index=True)[["variant", "seed", "epoch", "metric", "value"]]
     return runs, history
 

@@ -260,6 +260,35 @@ class Taxonomy:
             return torch.full((len(self.levels[0]),), -1, dtype=torch.long)
         return torch.tensor([self._index[self._parent[n]] for n in self.levels[t]], dtype=torch.long)
 
+    def collapse_chains(self) -> Taxonomy:
+        """A new taxonomy without single-child nodes: each is removed and its child takes its place.
+
+        Chains collapse all the way (in a -> b -> c with a and b single-child, c moves up to a's
+        level), so leaves may end up at different depths. Leaves are never removed, so leaf names
+        (the class names datasets map to) are kept. A moved node takes the slot in its new level
+        of the top of the chain it replaces; everything else keeps its order, so a tree without
+        chains comes back equal. The implicit root is left alone even if it has one child.
+        """
+        def single(name: str | None) -> bool:
+            return name is not None and len(self._children[name]) == 1
+
+        kept = [n for n in self._nodes if not single(n)]
+        parent: dict[str, str | None] = {}
+        slot: dict[str, tuple[int, int]] = {}
+        for n in kept:
+            top = n
+            while single(self._parent[top]):
+                top = self._parent[top]
+            parent[n] = self._parent[top]
+            slot[n] = (self._depth[top], self._index[top])
+        depth: dict[str, int] = {}
+        for n in kept:  # level by level, so a (shallower) parent is placed before its children
+            depth[n] = 1 if parent[n] is None else depth[parent[n]] + 1
+        levels: list[list[str]] = [[] for _ in range(max(depth.values()))]
+        for n in sorted(kept, key=slot.__getitem__):
+            levels[depth[n] - 1].append(n)
+        return Taxonomy(levels, parent)
+
     # -- encodings ----------------------------------------------------------------------------
 
     def encode_path(self, path: Sequence[str]) -> torch.Tensor:
@@ -333,3 +362,12 @@ class Taxonomy:
     def __repr__(self) -> str:
         return (f"Taxonomy(levels={self.level_sizes}, nodes={len(self)}, "
                 f"leaves={len(self._leaves)})")
+
+    @classmethod
+    def from_open_images(cls, hierarchy_json: str | os.PathLike[str],
+                         class_descriptions_csv: str | os.PathLike[str] | None = None,
+                         **kw: Any) -> Taxonomy:
+        """The tree of an Open Images hierarchy JSON (options: dhnn.openimages.read_open_images_hierarchy)."""
+        from .openimages import taxonomy_from_open_images  # lazy: PIL and the data code stay optional here
+
+        return taxonomy_from_open_images(hierarchy_json, class_descriptions_csv, **kw)

@@ -43,19 +43,52 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def alt_phase(epoch: int, alt: dict | None) -> str:
+    """'head' (CNN frozen) or 'joint' for ``epoch`` under the authors' alternating ("Alt") schedule.
+
+    Before epoch ``alt1`` the phase toggles every ``alt2`` epochs, starting with 'head'; from
+    ``alt1`` on everything trains jointly. The paper's runs used alt1=3, alt2=6: the conversion and
+    RNN alone for epochs 0-2, then joint training. ``alt=None`` trains jointly throughout.
+    """
+    if not alt or epoch >= alt["alt1"]:
+        return "joint"
+    return "head" if (epoch // alt["alt2"]) % 2 == 0 else "joint"
+
+
+def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze or unfreeze the CNN's parameters (the optimizer skips parameters without gradients)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+
+
+def level_weights_at(weights: Sequence[float] | dict, epoch: int, epochs: int) -> list[float]:
+    """w_t for ``epoch``: a fixed list, or ``{start: [...], end: [...]}`` interpolated linearly over the epochs."""
+    if isinstance(weights, dict):
+        start, end = weights["start"], weights["end"]
+        if len(start) != len(end):
+            raise ValueError(f"level_weights: start has {len(start)} weights, end has {len(end)}")
+        f = epoch / max(epochs - 1, 1)
+        return [a + (b - a) * f for a, b in zip(start, end)]
+    return list(weights)
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
-                    level_weights: Sequence[float], epoch: int, amp: bool = True, progress: bool = True) -> dict:
+                    level_weights: Sequence[float], epoch: int, amp: bool = True, progress: bool = True,
+                    freeze_backbone: bool = False) -> dict:
     """One pass over ``loader``; returns the mean loss, the step count and the wall time."""
     model.train()
+    set_backbone_frozen(model, freeze_backbone)
+    if freeze_backbone:
+        model.backbone.eval()  # a frozen CNN keeps its BatchNorm statistics too
     total, n, start = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=2.0)
     for images, paths, _ in bar:
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         paths = paths.to(device, non_blocking=True)
         with autocast(device, amp):
-            logits = model(images)
-        loss = model.loss(logits, paths, level_weights)
+            outputs = model(images, paths)
+        loss = model.loss(outputs, paths, level_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -76,8 +109,8 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, beam_wid
     preds, scores, targets = [], [], []
     for images, paths, _ in loader:
         with autocast(device, amp):
-            logits = model(images.to(device, memory_format=torch.channels_last))
-        pred, score = model.predict(logits, beam_width)
+            outputs = model(images.to(device, memory_format=torch.channels_last))
+        pred, score = model.predict(outputs, beam_width)
         preds.append(pred.cpu())
         scores.append(score.float().cpu())
         targets.append(paths)
@@ -121,24 +154,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, epochs: int, lr: float,
-        weight_decay: float, level_weights: Sequence[float], beam_width: int, device: torch.device,
+        weight_decay: float, level_weights: Sequence[float] | dict, beam_width: int, device: torch.device,
         checkpoint: str | Path, extra_state: dict | None = None, live=None, amp: bool = True,
-        progress: bool = True) -> list[dict]:
+        progress: bool = True, alt: dict | None = None) -> list[dict]:
     """Train for ``epochs``, validate each epoch, keep the checkpoint of the best validation path accuracy.
 
-    ``live`` is an optional dvclive ``Live`` that receives the per-epoch metrics. Returns one dict
-    per epoch (train loss, validation metrics, seconds).
+    ``level_weights`` is fixed or scheduled (see :func:`level_weights_at`); ``alt`` is the
+    alternating schedule (see :func:`alt_phase`). ``live`` is an optional dvclive ``Live`` that
+    receives the per-epoch metrics. Returns one dict per epoch (train loss, validation metrics,
+    seconds).
     """
     # channels-last convolutions run about a quarter faster on CPU (oneDNN) and suit tensor cores on GPU
     model.to(device, memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, lr, weight_decay, epochs, len(train_loader))
     history, best = [], -1.0
     for epoch in range(epochs):
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, level_weights, epoch, amp, progress)
+        phase = alt_phase(epoch, alt)
+        weights = level_weights_at(level_weights, epoch, epochs)
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, weights, epoch, amp, progress,
+                                freeze_backbone=phase == "head")
         val = evaluate(model, val_loader, device, beam_width, amp)
         row = {"epoch": epoch, "train/loss": stats["loss"], "val/path_accuracy": val["path_accuracy"],
                "val/node_accuracy": val["node_accuracy"], "seconds": stats["seconds"],
-               "seconds_per_step": stats["seconds"] / max(stats["steps"], 1)}
+               "seconds_per_step": stats["seconds"] / max(stats["steps"], 1), "phase": phase}
         history.append(row)
         if live is not None:
             for key in ("train/loss", "val/path_accuracy", "val/node_accuracy"):
@@ -147,4 +185,5 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, e
         if val["path_accuracy"] > best:
             best = val["path_accuracy"]
             save_checkpoint(checkpoint, model=model.state_dict(), epoch=epoch, val=val, **(extra_state or {}))
+    set_backbone_frozen(model, False)
     return history

@@ -90,3 +90,28 @@ def test_bad_configs_fail_clearly() -> None:
         create_model({**RNN, "level_layers": [["layer4"], ["layer3"]]}, TREE, 1, 28)
     with pytest.raises(ValueError, match="unknown model kind"):
         create_model({**RNN, "kind": "transformer"}, TREE, 1, 28)
+
+
+def _tiny_variant(cfg: dict) -> dict:
+    cfg = {**cfg, "backbone": BACKBONE}
+    for key, small in (("rnn", {"hidden_size": 8}), ("s2s", {"hidden_size": 8})):
+        if key in cfg:
+            cfg[key] = {**cfg[key], **small}
+    return cfg
+
+
+@pytest.mark.parametrize("name", list(__import__("dhnn").load_params()["variants"]))
+def test_every_params_variant_trains_on_tiny_inputs(name: str) -> None:
+    """Each variant of params.yaml, on a thin backbone: forward, backward, gradients, per-level outputs."""
+    cfg = _tiny_variant(__import__("dhnn").load_params()["variants"][name])
+    tree = TREE.collapse_chains() if cfg.get("collapse_chains") else TREE
+    model = create_model(cfg, tree, in_chans=1, image_size=28)
+    x = torch.randn(4, 1, 28, 28)
+    paths = tree.leaf_paths()[torch.arange(4) % len(tree.leaves)]
+    outputs = model(x, paths)
+    model.loss(outputs, paths, [1.0] * tree.num_levels).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    pred, score = model.predict(outputs, beam_width=2)
+    assert pred.shape == (4, tree.num_levels) and score.shape == (4,)
+    leaf_rows = {tuple(r) for r in tree.leaf_paths().tolist()}
+    assert all(tuple(p) in leaf_rows for p in pred.tolist())

@@ -33,10 +33,11 @@ def _tiny(params: dict) -> dict:
     params["data"].update(limit_train=512, limit_test=256)
     params["train"].update(epochs=1, batch_size=64, progress=False)
     params["infer"].update(batch_size=256)
-    params["grid"] = {"variants": ["Flat", "RNN-Pool-Resi"], "seeds": [0, 1]}
+    params["grid"] = {"variants": ["Flat", "RNN-Pool-Resi", "S2S-Pool"], "seeds": [0, 1]}
     for name in params["grid"]["variants"]:
         params["variants"][name]["backbone"] = TINY_BACKBONE
     params["variants"]["RNN-Pool-Resi"]["rnn"]["hidden_size"] = 16
+    params["variants"]["S2S-Pool"]["s2s"]["hidden_size"] = 16
     return params
 
 
@@ -58,10 +59,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_repro_writes_the_report(project: Path) -> None:
     report = project / "results" / "report"
     for name in ["results.csv", "results.md", "level_accuracy.png", "learning_curves.png", "taxonomy.png",
-                 "03_report.ipynb"]:
+                 "variants.png", "03_report.ipynb"]:
         assert (report / name).stat().st_size > 0, name
     table = (report / "results.md").read_text()
-    assert "Flat" in table and "RNN-Pool-Resi" in table
+    assert "Flat" in table and "RNN-Pool-Resi" in table and "S2S-Pool" in table
     metrics = json.loads((project / "results" / "infer" / "RNN-Pool-Resi-seed1" / "metrics.json").read_text())
     assert metrics["test_images"] == 256 and 0.0 <= metrics["path_accuracy"] <= 1.0
     assert len(metrics["level_accuracy"]) == 3

@@ -224,3 +224,45 @@ def test_property_round_trips(paths: list[list[str]]) -> None:
         one_hot = tax.one_hot(tax.path(n))
         assert one_hot.sum() == tax.depth(n)
         assert [tax.nodes[i] for i in one_hot.nonzero()[:, 1].tolist()] == tax.path(n)
+
+
+def test_collapse_chains_fashion_mnist() -> None:
+    tree = Taxonomy.from_csv("taxonomies/fashion_mnist.csv")
+    collapsed = tree.collapse_chains()
+    # bottoms, dresses, outers and accessories had one child each: the child takes their slot
+    assert collapsed.levels == [["clothes", "goods"], ["tops", "Trouser", "Dress", "Coat", "shoes", "Bag"],
+                                ["T-shirt/top", "Pullover", "Sandal", "Shirt", "Sneaker", "Ankle boot"]]
+    assert sorted(collapsed.leaves) == sorted(tree.leaves)
+    assert collapsed.path("Trouser") == ["clothes", "Trouser"] and collapsed.path("Bag") == ["goods", "Bag"]
+    assert collapsed.path("Shirt") == ["clothes", "tops", "Shirt"]
+    assert not collapsed.is_fixed_depth
+    assert tree.num_levels == 3 and len(tree) == 18  # the original is left alone
+
+
+def test_collapse_chains_long_chains_and_level_one() -> None:
+    # a -> b -> c -> {x, y}: a and b go and c takes a's slot; p -> q -> r collapses to the leaf r
+    tree = Taxonomy.from_paths([["a", "b", "c", "x"], ["a", "b", "c", "y"], ["p", "q", "r"], ["z"]])
+    collapsed = tree.collapse_chains()
+    assert collapsed.levels == [["c", "r", "z"], ["x", "y"]]
+    assert collapsed.parent("c") is None and collapsed.parent("x") == "c"
+    assert collapsed.leaves == ["r", "z", "x", "y"]
+
+
+def test_collapse_chains_without_chains_is_equal(slide: Taxonomy, ragged: Taxonomy) -> None:
+    assert slide.collapse_chains() == slide
+    # ragged: clothes -> {tops, dress}, tops -> {shirt, pullover}: no chains either
+    assert ragged.collapse_chains() == ragged
+    assert Taxonomy.from_paths([["A"]]).collapse_chains() == Taxonomy.from_paths([["A"]])
+
+
+@settings(max_examples=50, deadline=None)
+@given(path_lists())
+def test_property_collapse_chains(paths: list[list[str]]) -> None:
+    tax = Taxonomy.from_paths(paths)
+    collapsed = tax.collapse_chains()
+    assert collapsed.leaves == [n for n in collapsed.nodes if n in tax.leaves]
+    assert sorted(collapsed.leaves) == sorted(tax.leaves)
+    assert all(len(collapsed.children(n)) != 1 for n in collapsed.nodes)
+    assert collapsed.collapse_chains() == collapsed
+    for n in collapsed.nodes:  # ancestors are kept in order, only single-child ones dropped
+        assert collapsed.path(n) == [a for a in tax.path(n) if len(tax.children(a)) != 1]

@@ -76,3 +76,44 @@ def test_config_helpers(tmp_path: Path) -> None:
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ValueError, match="p.yaml: not valid YAML"):
         load_params(bad)
+
+
+def test_alt_schedule_phases() -> None:
+    from dhnn.training import alt_phase
+
+    assert [alt_phase(e, {"alt1": 3, "alt2": 6}) for e in range(5)] == ["head"] * 3 + ["joint"] * 2
+    assert [alt_phase(e, {"alt1": 6, "alt2": 2}) for e in range(7)] == ["head", "head", "joint", "joint", "head",
+                                                                       "head", "joint"]
+    assert alt_phase(0, None) == "joint"
+
+
+def test_alt_freezes_exactly_the_cnn(tmp_path: Path) -> None:
+    from dhnn.training import make_optimizer, train_one_epoch
+
+    seed_everything(0)
+    model = create_model(CFG, TREE, 1, 28)
+    train, _ = _loaders()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer, _ = make_optimizer(model, 1e-2, 0.05, 1, len(train))
+    train_one_epoch(model, train, optimizer, None, torch.device("cpu"), [1, 1, 1], 0, progress=False,
+                    freeze_backbone=True)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(not n.startswith("backbone.") for n in changed)
+    assert {n for n, _ in model.named_parameters() if not n.startswith("backbone.")} == changed
+    bn_stats = {n: b.clone() for n, b in model.backbone.named_buffers()}
+    train_one_epoch(model, train, optimizer, None, torch.device("cpu"), [1, 1, 1], 1, progress=False,
+                    freeze_backbone=False)
+    assert any(not torch.equal(b, bn_stats[n]) for n, b in model.backbone.named_buffers())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_level_weight_schedule() -> None:
+    from dhnn.training import level_weights_at
+
+    assert level_weights_at([1, 2, 3], 5, 10) == [1, 2, 3]
+    ramp = {"start": [1.0, 1.0, 0.0], "end": [0.0, 1.0, 1.0]}
+    assert level_weights_at(ramp, 0, 3) == [1.0, 1.0, 0.0]
+    assert level_weights_at(ramp, 1, 3) == [0.5, 1.0, 0.5]
+    assert level_weights_at(ramp, 2, 3) == [0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="start has 2"):
+        level_weights_at({"start": [1, 1], "end": [1, 1, 1]}, 0, 2)
