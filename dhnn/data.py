@@ -89,12 +89,20 @@ def load_fashion_mnist(root: str | Path, train: bool) -> ImageSet:
 
 def dataset_classes(cfg: dict) -> list[str]:
     """The class names of the configured data set, without reading its images."""
+    if cfg.get("name") == "open_images":  # every node of the working tree is a label
+        from .multilabel import open_images_tree
+        return open_images_tree(cfg).taxonomy.nodes
     if cfg.get("name") in FOLDER_KINDS:
         from .datasets import folder_classes
         return folder_classes(cfg)
     if cfg.get("name", "fashion_mnist") != "fashion_mnist":
-        raise ValueError(f"unknown data set {cfg['name']!r}; expected 'fashion_mnist' or one of {FOLDER_KINDS}")
+        raise ValueError(f"unknown data set {cfg['name']!r}; expected 'fashion_mnist', 'open_images' or one of {FOLDER_KINDS}")
     return list(FashionMNIST.classes)
+
+
+def is_multilabel(cfg: dict) -> bool:
+    """Whether the configured data set labels an image with a set of nodes (Open Images)."""
+    return cfg.get("name") == "open_images"
 
 
 def dataset_taxonomy(data_cfg: dict, taxonomy_cfg: dict) -> Taxonomy:
@@ -102,6 +110,9 @@ def dataset_taxonomy(data_cfg: dict, taxonomy_cfg: dict) -> Taxonomy:
     if data_cfg.get("name") in FOLDER_KINDS:
         from .datasets import dataset_taxonomy as folder_taxonomy
         return folder_taxonomy(data_cfg, taxonomy_cfg)
+    if data_cfg.get("name") == "open_images":
+        from .multilabel import open_images_tree
+        return open_images_tree(data_cfg).taxonomy
     if not taxonomy_cfg.get("source"):
         raise ValueError("taxonomy.source: name the taxonomy file (a CSV of label paths, or JSON)")
     return Taxonomy.load(resolve(taxonomy_cfg["source"]))
@@ -199,6 +210,7 @@ class Splits:
     classes: list[str]
     in_chans: int
     image_size: int
+    multilabel: bool = False  # targets are multi-hot node sets (Open Images), not one path per image
 
 
 def build_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
@@ -210,6 +222,9 @@ def build_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
     if cfg.get("name") in FOLDER_KINDS:
         from .datasets import build_folder_splits
         return build_folder_splits(cfg, taxonomy)
+    if cfg.get("name") == "open_images":
+        from .multilabel import open_images_splits
+        return open_images_splits(cfg, taxonomy)
     dataset_classes(cfg)  # validates the name
     root = resolve(cfg["root"])
     train_all, test = load_fashion_mnist(root, train=True), load_fashion_mnist(root, train=False)

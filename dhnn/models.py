@@ -112,13 +112,13 @@ class DHNN(nn.Module):
     """CNN-RNN: backbone -> conversion -> RNN head; one distribution over level-t nodes per step t."""
 
     def __init__(self, taxonomy: Taxonomy, backbone: Backbone, level_layers: Sequence[Sequence[str]], conversion: dict,
-                 rnn: dict, in_chans: int, image_size: int, softmax_over: str = "level"):
+                 rnn: dict, in_chans: int, image_size: int, softmax_over: str = "level", multilabel: bool = False):
         super().__init__()
         if len(level_layers) != taxonomy.num_levels:
             raise ValueError(f"level_layers has {len(level_layers)} entries; the taxonomy has {taxonomy.num_levels} levels")
         if softmax_over not in ("level", "all"):
             raise ValueError(f"softmax_over must be 'level' or 'all', got {softmax_over!r}")
-        self.taxonomy, self.backbone, self.softmax_over = taxonomy, backbone, softmax_over
+        self.taxonomy, self.backbone, self.softmax_over, self.multilabel = taxonomy, backbone, softmax_over, multilabel
         self.inputs = LevelInputs(level_layers, backbone.feature_shapes(in_chans, image_size), conversion)
         self.head = RNNHead(self.inputs.out_features, num_nodes=len(taxonomy), **rnn)
         sizes = [len(level) for level in taxonomy.levels]
@@ -134,8 +134,18 @@ class DHNN(nn.Module):
             return [logp[:, t, s] for t, s in enumerate(self.level_slices)]
         return [logits[:, t, s].float().log_softmax(-1) for t, s in enumerate(self.level_slices)]
 
+    def node_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Multi-label: sigmoid score of every node [B, |V|], level t's from step t."""
+        return torch.cat([logits[:, t, s].float().sigmoid() for t, s in enumerate(self.level_slices)], 1)
+
     def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float]) -> torch.Tensor:
-        """sum_t w_t * CE(y_t, softmax(o_t)); levels a path does not reach are ignored."""
+        """sum_t w_t * CE(y_t, softmax(o_t)); levels a path does not reach are ignored.
+
+        Multi-label (``paths`` a multi-hot [B, |V|]): sum_t w_t * sigmoid cross-entropy over level t's nodes.
+        """
+        if self.multilabel:
+            return sum(w * F.binary_cross_entropy_with_logits(logits[:, t, s].float(), paths[:, s].float())
+                       for t, (w, s) in enumerate(zip(level_weights, self.level_slices)))
         total = logits.new_zeros((), dtype=torch.float32)
         for t, (w, lp) in enumerate(zip(level_weights, self.level_log_probs(logits))):
             y = paths[:, t]
@@ -147,6 +157,8 @@ class DHNN(nn.Module):
     @torch.no_grad()
     def predict(self, logits: torch.Tensor, beam_width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Best path per sample by tree-constrained beam search: (indices [B, T], scores [B])."""
+        if self.multilabel:
+            raise ValueError("a multi-label model predicts node scores (node_scores), not single paths")
         probs = [lp.exp() for lp in self.level_log_probs(logits)]
         indices, scores = beam_search_indices(probs, self.taxonomy, beam_width)
         return indices[:, 0], scores[:, 0]
@@ -155,12 +167,13 @@ class DHNN(nn.Module):
 class FlatClassifier(nn.Module):
     """The flat baseline: the backbone's last feature map, global average pooled, one softmax over the leaves."""
 
-    def __init__(self, taxonomy: Taxonomy, backbone: Backbone, dropout: float = 0.0):
+    def __init__(self, taxonomy: Taxonomy, backbone: Backbone, dropout: float = 0.0, multilabel: bool = False):
         super().__init__()
-        self.taxonomy, self.backbone = taxonomy, backbone
+        self.taxonomy, self.backbone, self.multilabel = taxonomy, backbone, multilabel
         self.last = backbone.layers[-1]
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(backbone.channels[self.last], len(taxonomy.leaves))
+        # multi-label: one sigmoid per node (the flat multi-label CNN of the paper's Open Images table)
+        self.fc = nn.Linear(backbone.channels[self.last], len(taxonomy) if multilabel else len(taxonomy.leaves))
         sizes = [len(level) for level in taxonomy.levels]
         self.register_buffer("level_offsets", torch.tensor([sum(sizes[:t]) for t in range(len(sizes))]), persistent=False)
         leaf_of_node = torch.full((len(taxonomy),), -1, dtype=torch.long)
@@ -181,8 +194,14 @@ class FlatClassifier(nn.Module):
             raise ValueError("a target path ends at an internal node; the flat baseline needs paths to leaves")
         return leaf
 
+    def node_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Multi-label: sigmoid score of every node [B, |V|]."""
+        return logits.float().sigmoid()
+
     def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float] = ()) -> torch.Tensor:
-        """Cross-entropy over the leaves."""
+        """Cross-entropy over the leaves (multi-label: sigmoid cross-entropy over the nodes)."""
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits.float(), paths.float())
         return F.cross_entropy(logits.float(), self.leaf_targets(paths))
 
     @torch.no_grad()
@@ -198,22 +217,27 @@ def create_backbone(cfg: dict, layers: Sequence[str], in_chans: int) -> Backbone
     return Backbone(bb.pop("name"), layers, in_chans, bb.pop("pretrained", False), **bb.pop("kwargs", {}))
 
 
-def create_model(cfg: dict, taxonomy: Taxonomy, in_chans: int, image_size: int) -> nn.Module:
-    """Build a model from one ``variants`` entry of params.yaml: kind flat, rnn (CNN-RNN) or s2s (CNN-S2S)."""
+def create_model(cfg: dict, taxonomy: Taxonomy, in_chans: int, image_size: int, multilabel: bool = False) -> nn.Module:
+    """Build a model from one ``variants`` entry of params.yaml: kind flat, rnn (CNN-RNN) or s2s (CNN-S2S).
+
+    ``multilabel`` (Open Images) trains sigmoid cross-entropy over node sets instead of one path per image.
+    """
     kind = cfg["kind"]
     if kind == "flat":
         backbone = create_backbone(cfg["backbone"], [cfg.get("layer", "layer4")], in_chans)
-        return FlatClassifier(taxonomy, backbone, cfg.get("dropout", 0.0))
+        return FlatClassifier(taxonomy, backbone, cfg.get("dropout", 0.0), multilabel)
     if kind in ("rnn", "s2s"):
         layers = sorted({layer for s in cfg["level_layers"] for layer in s})
         backbone = create_backbone(cfg["backbone"], layers, in_chans)
         if kind == "s2s":
             from .s2s import CNNS2S, s2s_settings  # s2s builds on this module
 
+            if multilabel:
+                raise ValueError("multi-label data needs kind 'flat' or 'rnn'; multi-label CNN-S2S is not implemented")
             return CNNS2S(taxonomy, backbone, cfg["level_layers"], cfg["conversion"], in_chans, image_size,
                           **s2s_settings(cfg))
         return DHNN(taxonomy, backbone, cfg["level_layers"], cfg["conversion"], cfg["rnn"], in_chans, image_size,
-                    cfg.get("softmax_over", "level"))
+                    cfg.get("softmax_over", "level"), multilabel)
     raise ValueError(f"unknown model kind {kind!r}; expected 'flat', 'rnn' or 's2s'")
 
 

@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 REQUIRED_KEYS: tuple[str, ...] = ("variant", "seed", "path_accuracy", "node_accuracy", "level_accuracy")
+# Multi-label runs (Open Images) report the paper's F1 scores instead.
+MULTILABEL_KEYS: tuple[str, ...] = ("variant", "seed", "path_f1", "node_f1")
 DEFAULT_METRICS: tuple[str, ...] = ("path_accuracy", "node_accuracy")
 # Shown instead of a standard deviation when a variant has a single seed:
 # the sample sd (ddof=1) is undefined there, and "0.00" would overstate certainty.
@@ -78,21 +80,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, text + "\n")
 
 
-def _read_run(path: Path) -> dict[str, Any]:
+def _read_run(path: Path, required: Sequence[str] = REQUIRED_KEYS) -> dict[str, Any]:
     """Read and validate one run's metrics file."""
     record = _read_json_object(path)
-    missing = [k for k in REQUIRED_KEYS if k not in record]
+    missing = [k for k in required if k not in record]
     if missing:
         raise ValueError(f"{path}: missing required key(s) {missing}")
-    if not isinstance(record["level_accuracy"], list):
+    if "level_accuracy" in required and not isinstance(record["level_accuracy"], list):
         kind = type(record["level_accuracy"]).__name__
         raise ValueError(f"{path}: 'level_accuracy' must be a list, got {kind}")
     return record
 
 
-def load_runs(metric_files: Iterable[str | Path]) -> pd.DataFrame:
+def load_runs(metric_files: Iterable[str | Path], required: Sequence[str] = REQUIRED_KEYS) -> pd.DataFrame:
     """Load one row per run from JSON metrics files, in the order given."""
-    records = [_read_run(Path(p)) for p in metric_files]
+    records = [_read_run(Path(p), required) for p in metric_files]
     if not records:
         raise ValueError("load_runs: no metrics files given")
     runs = pd.DataFrame.from_records(records)
@@ -111,6 +113,7 @@ def _extra_numeric_columns(runs: pd.DataFrame, metrics: Sequence[str]) -> list[s
         for c in runs.columns
         if c not in _ID_COLUMNS
         and c not in REQUIRED_KEYS
+        and c not in MULTILABEL_KEYS
         and c not in metrics
         and pd.api.types.is_numeric_dtype(runs[c])
         and not pd.api.types.is_bool_dtype(runs[c])
@@ -238,10 +241,12 @@ def read_dvclive_history(dvclive_dir: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def load_grid(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_grid(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int], multilabel: bool = False
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (variant, seed) run of the grid: (runs with test metrics and training cost, learning curves)."""
+    required = MULTILABEL_KEYS if multilabel else REQUIRED_KEYS
     dirs = [(v, s, *run_dirs(results_dir, v, s)) for v in variants for s in seeds]
-    runs = load_runs([infer / "metrics.json" for _, _, _, infer in dirs])
+    runs = load_runs([infer / "metrics.json" for _, _, _, infer in dirs], required)
     costs, curves = [], []
     for variant, seed, train, _ in dirs:
         summary_file = train / "dvclive" / "metrics.json"
@@ -251,7 +256,7 @@ def load_grid(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[
             raise ValueError(f"{summary_file}: missing training summary key(s) {missing}")
         costs.append({k: summary[k] for k in TRAIN_SUMMARY_KEYS})
         curves.append(read_dvclive_history(train / "dvclive").assign(variant=variant, seed=seed))
-    runs = pd.concat([runs[list(REQUIRED_KEYS)], pd.DataFrame(costs)], axis=1)
+    runs = pd.concat([runs[list(required)], pd.DataFrame(costs)], axis=1)
     history = pd.concat(curves, ignore_index=True)[["variant", "seed", "epoch", "metric", "value"]]
     return runs, history
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .metrics import evaluate_paths
+from .metrics import evaluate_paths, node_f1, path_f1, search_threshold
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -117,18 +117,48 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, beam_wid
     return torch.cat(preds), torch.cat(scores), torch.cat(targets)
 
 
+@torch.no_grad()
+def predict_scores(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multi-label: (node scores [N, |V|], multi-hot targets [N, |V|], dataset indices [N])."""
+    model.eval()
+    scores, targets, index = [], [], []
+    for images, target, i in loader:
+        with autocast(device, amp):
+            outputs = model(images.to(device, memory_format=torch.channels_last))
+        scores.append(model.node_scores(outputs).cpu())
+        targets.append(target)
+        index.append(torch.as_tensor(i))
+    return torch.cat(scores), torch.cat(targets), torch.cat(index)
+
+
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, beam_width: int, amp: bool = True) -> dict:
-    """Path, node and per-level accuracy of the model's beam-search paths on ``loader``."""
+    """Path, node and per-level accuracy of the model's beam-search paths on ``loader``.
+
+    A multi-label model gets node and path F1 instead, each at its best threshold on ``loader``
+    (validation; the test set's thresholds are chosen there too, by the inference stage).
+    """
+    if getattr(model, "multilabel", False):
+        scores, targets, _ = predict_scores(model, loader, device, amp)
+        node = search_threshold(scores, targets, node_f1)[1]
+        path = search_threshold(scores, targets, lambda s, t, th: path_f1(s, t, model.taxonomy, th))[1]
+        return {"node_f1": node, "path_f1": path}
     pred, _, target = predict(model, loader, device, beam_width, amp)
     return evaluate_paths(pred, target)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, epochs: int, steps_per_epoch: int
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW (the paper used Adam) with a one-cycle schedule, which converges in few CPU epochs."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
-    return optimizer, scheduler
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, epochs: int, steps_per_epoch: int,
+                   optimizer: str = "adamw", schedule: str = "onecycle"
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """AdamW with a one-cycle schedule (converges in few CPU epochs) or the paper's Adam at a constant rate."""
+    if optimizer not in ("adam", "adamw") or schedule not in ("onecycle", "constant"):
+        raise ValueError(f"train.optimizer must be adam or adamw and train.schedule onecycle or constant, "
+                         f"got {optimizer!r} and {schedule!r}")
+    make = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opt = make(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule == "constant":
+        return opt, None
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
 
 
 def save_checkpoint(path: str | Path, **state) -> None:
@@ -156,7 +186,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, epochs: int, lr: float,
         weight_decay: float, level_weights: Sequence[float] | dict, beam_width: int, device: torch.device,
         checkpoint: str | Path, extra_state: dict | None = None, live=None, amp: bool = True,
-        progress: bool = True, alt: dict | None = None) -> list[dict]:
+        progress: bool = True, alt: dict | None = None, optimizer: str = "adamw", schedule: str = "onecycle"
+        ) -> list[dict]:
     """Train for ``epochs``, validate each epoch, keep the checkpoint of the best validation path accuracy.
 
     ``level_weights`` is fixed or scheduled (see :func:`level_weights_at`); ``alt`` is the
@@ -166,24 +197,52 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, e
     """
     # channels-last convolutions run about a quarter faster on CPU (oneDNN) and suit tensor cores on GPU
     model.to(device, memory_format=torch.channels_last)
-    optimizer, scheduler = make_optimizer(model, lr, weight_decay, epochs, len(train_loader))
+    opt, scheduler = make_optimizer(model, lr, weight_decay, epochs, len(train_loader), optimizer, schedule)
     history, best = [], -1.0
     for epoch in range(epochs):
         phase = alt_phase(epoch, alt)
         weights = level_weights_at(level_weights, epoch, epochs)
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, weights, epoch, amp, progress,
+        stats = train_one_epoch(model, train_loader, opt, scheduler, device, weights, epoch, amp, progress,
                                 freeze_backbone=phase == "head")
         val = evaluate(model, val_loader, device, beam_width, amp)
-        row = {"epoch": epoch, "train/loss": stats["loss"], "val/path_accuracy": val["path_accuracy"],
-               "val/node_accuracy": val["node_accuracy"], "seconds": stats["seconds"],
+        select = "path_f1" if "path_f1" in val else "path_accuracy"  # the paper's selection metric
+        row = {"epoch": epoch, "train/loss": stats["loss"], **{f"val/{k}": v for k, v in val.items()
+                                                             if not isinstance(v, list)},
+               "seconds": stats["seconds"],
                "seconds_per_step": stats["seconds"] / max(stats["steps"], 1), "phase": phase}
         history.append(row)
         if live is not None:
-            for key in ("train/loss", "val/path_accuracy", "val/node_accuracy"):
+            for key in [k for k in row if k.startswith(("train/", "val/"))]:
                 live.log_metric(key, row[key])
             live.next_step()
-        if val["path_accuracy"] > best:
-            best = val["path_accuracy"]
+        if val[select] > best:
+            best = val[select]
             save_checkpoint(checkpoint, model=model.state_dict(), epoch=epoch, val=val, **(extra_state or {}))
     set_backbone_frozen(model, False)
     return history
+
+
+def summarize_history(history: list[dict]) -> dict:
+    """Training cost and the selected epoch of a :func:`fit` history, for the run's summary."""
+    select = "val/path_f1" if "val/path_f1" in history[0] else "val/path_accuracy"
+    best = max(range(len(history)), key=lambda i: (history[i][select], -i))
+    return {"train_seconds": float(sum(r["seconds"] for r in history)),
+            "seconds_per_step": float(sum(r["seconds_per_step"] for r in history) / len(history)),
+            "best_epoch": best}
+
+
+def multilabel_test_metrics(model: nn.Module, val_loader: DataLoader, test_loader: DataLoader,
+                            device: torch.device, amp: bool = True) -> tuple[dict, torch.Tensor]:
+    """The paper's Open Images evaluation: (node and path F1 on test at thresholds chosen on validation, test scores).
+
+    Path F1 compares with the labels as annotated (``dataset.original``), node F1 with the
+    ancestor-closed targets, as in the authors' scripts.
+    """
+    from .metrics import evaluate_multilabel
+
+    val_scores, val_targets, val_index = predict_scores(model, val_loader, device, amp)
+    test_scores, test_targets, test_index = predict_scores(model, test_loader, device, amp)
+    metrics = evaluate_multilabel(val_scores, val_targets, test_scores, test_targets, model.taxonomy,
+                                  val_original=val_loader.dataset.original[val_index],
+                                  test_original=test_loader.dataset.original[test_index])
+    return metrics, test_scores

@@ -12,16 +12,17 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "data.dvc", "notebooks", "taxonomies", "dhnn"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "notebooks", "taxonomies", "dhnn"]
 TINY_BACKBONE = {"name": "resnet18", "pretrained": False, "kwargs": {"channels": [8, 16, 32, 64]}}
 
 pytestmark = pytest.mark.skipif(not (ROOT / "data" / "FashionMNIST" / "raw").is_dir(),
                                 reason="run scripts/setup.sh first")
 
 
-def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+def _dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     # the stages call `papermill`, which lives next to this interpreter
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           **(env or {})}
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, text=True,
                             capture_output=True, timeout=900)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -41,17 +42,26 @@ def _tiny(params: dict) -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dst = tmp_path_factory.mktemp("project")
+def copy_project(dst: Path, real_data: bool = True) -> Path:
+    """The pipeline's files in ``dst``, an initialised DVC project; ``data`` links to the real data or is empty."""
+    dst.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
-    (dst / "data").symlink_to(ROOT / "data", target_is_directory=True)
-    params = _tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if real_data:
+        (dst / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    else:
+        (dst / "data").mkdir()
     _dvc(dst, "init", "--no-scm", "-q")
     _dvc(dst, "config", "core.analytics", "false")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dst = copy_project(tmp_path_factory.mktemp("project"))
+    params = _tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(dst, "repro")
     return dst
 
