@@ -36,10 +36,16 @@ if [ ! -d data/FashionMNIST/raw ] && [ ! -d "$DEB_DIR" ] && command -v apt-get >
 fi
 "$VENV/bin/python" -m dhnn.data data --source "$DEB_DIR" >/dev/null
 
-# 3. DVC should find the data exactly as data.dvc records it.
-if ! "$VENV/bin/dvc" status --quiet data.dvc; then
-    echo "setup: data/ does not match data.dvc" >&2
-    "$VENV/bin/dvc" status data.dvc >&2
-    exit 1
+# 3. The files were checked against the official MD5s above; caching them must give exactly the
+#    hash data.dvc records, so that `dvc status` has nothing to do for data.
+if ! "$VENV/bin/dvc" status --quiet data.dvc 2>/dev/null; then
+    cp data.dvc "$VENV/.data.dvc.expected"
+    "$VENV/bin/dvc" commit --force --quiet data.dvc
+    if ! cmp -s data.dvc "$VENV/.data.dvc.expected"; then
+        echo "setup: data/ does not match data.dvc:" >&2
+        diff "$VENV/.data.dvc.expected" data.dvc >&2 || true
+        cp "$VENV/.data.dvc.expected" data.dvc
+        exit 1
+    fi
 fi
 echo "setup: ready (.venv, data/)"
