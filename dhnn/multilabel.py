@@ -22,15 +22,19 @@ def _file(cfg: dict, key: str) -> Path:
     return resolve(cfg["root"]) / cfg[key]
 
 
+def _hierarchy(cfg: dict) -> OpenImagesTree:
+    """The official hierarchy restricted to ``subtree``/``max_depth``, before pruning."""
+    names = _file(cfg, "class_descriptions") if cfg.get("class_descriptions") else None
+    return read_open_images_hierarchy(_file(cfg, "hierarchy"), names, multi_parent=cfg.get("multi_parent", "first"),
+                                      subtree=cfg.get("subtree"), max_depth=cfg.get("max_depth"))
+
+
 def open_images_tree(cfg: dict) -> OpenImagesTree:
     """The working tree: the official hierarchy, restricted to ``subtree``/``max_depth``, pruned by ``min_images``.
 
     Counting images needs the train labels, so ``min_images`` reads ``labels.train``.
     """
-    tree = read_open_images_hierarchy(_file(cfg, "hierarchy"), _file(cfg, "class_descriptions")
-                                      if cfg.get("class_descriptions") else None,
-                                      multi_parent=cfg.get("multi_parent", "first"), subtree=cfg.get("subtree"),
-                                      max_depth=cfg.get("max_depth"))
+    tree = _hierarchy(cfg)
     if cfg.get("min_images"):
         labels = read_image_labels(resolve(cfg["root"]) / cfg["labels"]["train"], tree)
         tree = prune_by_count(tree, count_images(labels), cfg["min_images"])
@@ -47,10 +51,7 @@ def open_images_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
     """
     from .datasets import build_transforms, _transform_cfg
 
-    full = read_open_images_hierarchy(_file(cfg, "hierarchy"), _file(cfg, "class_descriptions")
-                                      if cfg.get("class_descriptions") else None,
-                                      multi_parent=cfg.get("multi_parent", "first"), subtree=cfg.get("subtree"),
-                                      max_depth=cfg.get("max_depth"))
+    full = _hierarchy(cfg)
     tree = open_images_tree(cfg)
     if tree.taxonomy != taxonomy:
         raise ValueError(f"{_file(cfg, 'hierarchy')}: the working tree these data settings give differs from the "
