@@ -8,8 +8,6 @@ state. Nothing here picks a backend or calls ``plt.show()``.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +21,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
+
+from .io import atomic_path
 
 __all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_taxonomy", "save_figure"]
 
@@ -309,19 +309,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> None:
     try:
         if not fmt:
             raise ValueError(f"cannot infer an image format from {path} (no suffix)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Same folder and suffix: os.replace stays atomic, and the suffix keeps
-        # any tool that sniffs the name happy.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-        os.close(fd)
-        try:
-            # A fixed salt makes SVG element ids reproducible.
-            with plt.rc_context({"svg.hashsalt": "dhnn"}):
-                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", **_savefig_kwargs(fmt))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a fixed salt makes SVG element ids reproducible
+        with atomic_path(path) as tmp, plt.rc_context({"svg.hashsalt": "dhnn"}):
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", **_savefig_kwargs(fmt))
     finally:
         plt.close(fig)

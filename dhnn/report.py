@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .io import atomic_write_json, atomic_write_text  # noqa: F401  re-exported
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -40,44 +40,6 @@ _ID_COLUMNS = ("variant", "seed", "level_accuracy")
 
 
 # --------------------------------------------------------------------------- io
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file must live in the destination folder: os.replace is only
-    # atomic within one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # newline="" keeps "\n" as-is so the bytes are identical on every OS.
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; keep results readable like a normal write.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays, and paths, to plain JSON values."""
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON (key order kept, trailing newline) atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
-    atomic_write_text(path, text + "\n")
 
 
 def _read_run(path: Path, required: Sequence[str] = REQUIRED_KEYS) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +14,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .io import atomic_path
 from .metrics import evaluate_paths, node_f1, path_f1, search_threshold
 
 
@@ -162,17 +162,9 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, epochs: int
 
 
 def save_checkpoint(path: str | Path, **state) -> None:
-    """torch.save ``state`` atomically (a temp file in the same folder, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """torch.save ``state`` atomically (see dhnn.io)."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
