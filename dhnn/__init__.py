@@ -1,18 +1,23 @@
 """dhnn: Deep Hierarchical Neural Networks (Koo, Klabjan & Utke, IEEE BigData 2020).
 
 A CNN learns features; a conversion turns chosen feature maps into one input per tree level; an
-RNN emits one label per level; a beam search constrained to the tree returns the best paths.
+RNN (or a sequence-to-sequence model) emits one label per level; a beam search constrained to the
+tree returns the best paths.
+
+The package reads one way, each layer importing only those above it:
+
+    paths, io, params        project paths, atomic files, the typed parameter schema
+    taxonomy                 the class tree and its files
+    data                     data sources behind one registry (data.registry)
+    decoding                 beam search constrained to the tree
+    models                   backbones, conversions, CNN-RNN, CNN-S2S, flat; one registry (models.registry)
+    evaluation               metrics and batched inference
+    tasks                    what a label is (a path, or a set of nodes); one registry
+    training                 the training loop and safe, resumable checkpoints
+    report                   result tables and figures
+    pipeline                 what the DVC stages and notebooks call
+
+Importing ``dhnn`` itself is cheap: import the module you need.
 """
-from .config import load_params, resolve, run_name
-from .decoding import beam_search, beam_search_indices
-from .metrics import evaluate_paths, level_accuracy, node_accuracy, path_accuracy
-from .models import DHNN, FlatClassifier, count_parameters, create_model
-from .taxonomy import IGNORE_INDEX, Taxonomy
 
-__version__ = "0.1.0"
-
-__all__ = [
-    "DHNN", "FlatClassifier", "IGNORE_INDEX", "Taxonomy", "beam_search", "beam_search_indices", "count_parameters",
-    "create_model", "evaluate_paths", "level_accuracy", "load_params", "node_accuracy", "path_accuracy", "resolve",
-    "run_name",
-]
+__version__ = "0.2.0"

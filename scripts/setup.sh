@@ -34,7 +34,7 @@ if [ ! -d data/FashionMNIST/raw ] && [ ! -d "$DEB_DIR" ] && command -v apt-get >
         { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } ||
         echo "setup: apt-get could not install dataset-fashion-mnist; downloading instead" >&2
 fi
-"$VENV/bin/python" -m dhnn.data data --source "$DEB_DIR" >/dev/null
+"$VENV/bin/python" -m dhnn.data.fashion_mnist data --source "$DEB_DIR" >/dev/null
 
 # 3. The files were checked against the official MD5s above; caching them must give exactly the
 #    hash data.dvc records, so that `dvc status` has nothing to do for data.

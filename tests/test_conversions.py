@@ -8,10 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhnn import Taxonomy, create_model
-from dhnn.conversions import (ConvConversion, DenseLinear, NModeLinear, PoolConversion, PoolLinearConversion,
+from dhnn.taxonomy import Taxonomy
+from dhnn.models import create_model
+from dhnn.models.conversions import (ConvConversion, DenseLinear, NModeLinear, PoolConversion, PoolLinearConversion,
                               conversion_cost, create_conversion)
-from dhnn.models import RNNHead
+from dhnn.models.rnn import RNNHead
 
 TREE = Taxonomy.from_csv("taxonomies/fashion_mnist.csv")
 # zero_init_last=False: timm zero-initialises the last BN of each block, which blocks gradients at step 0

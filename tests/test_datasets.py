@@ -10,10 +10,12 @@ import torch
 import torchvision.datasets.cifar
 from PIL import Image
 
-from dhnn import Taxonomy
-from dhnn.data import build_splits, class_targets, dataset_classes, make_loader
-from dhnn.datasets import (build_folder_splits, build_transforms, check_images, dataset_taxonomy, folder_classes,
-                           inat_taxonomy, load_taxonomy_file, taxonomy_from_edges)
+from dhnn.taxonomy import Taxonomy
+from dhnn.data import build_splits, cifar100, dataset_taxonomy, folders, get_source, make_loader
+from dhnn.data.base import class_targets
+from dhnn.data.folders import inat_paths, inat_taxonomy
+from dhnn.data.images import build_transforms, check_images, image_problem, transform_settings
+from dhnn.taxonomy.files import load_taxonomy_file, taxonomy_from_edges
 
 SMALL = {"resize": 20, "crop": 16}
 PATHS = [["goods", "shoes", "Sneaker"], ["goods", "accessories", "Bag"], ["clothes", "dresses", "Dress"]]
@@ -85,7 +87,9 @@ def test_image_folder_splits_and_loaders(folder: Path, workers: int) -> None:
     cfg = {"name": "image_folder", "root": str(folder / "images"), "val_fraction": 0.25, "test_fraction": 0.25,
            "split_seed": 0, "transform": SMALL}
     tree = dataset_taxonomy(cfg, {"source": str(folder / "edges.csv")})
-    assert folder_classes(cfg) == dataset_classes(cfg) == ["Bag", "Dress", "Sneaker"]
+    assert tree == folders.taxonomy(cfg, {"source": str(folder / "edges.csv")})
+    assert folders.classes(cfg) == get_source("image_folder").classes(cfg) == ["Bag", "Dress", "Sneaker"]
+    get_source("image_folder").check(cfg)
     splits = build_splits(cfg, tree)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 3, 3)
     files = [set(s.files.tolist()) for s in (splits.train, splits.val, splits.test)]
@@ -93,6 +97,7 @@ def test_image_folder_splits_and_loaders(folder: Path, workers: int) -> None:
     assert (splits.in_chans, splits.image_size) == (3, 16)
     x, paths, y = splits.test[0]
     assert x.shape == (3, 16, 16) and torch.equal(paths, tree.encode_path(tree.path(splits.classes[y])))
+    assert "CenterCrop" in repr(splits.train.transform)  # augment defaults to off
     check_loader(splits, splits.classes, tree, 3, 16, workers)
 
 
@@ -101,11 +106,16 @@ def test_train_val_test_folders_and_grayscale(folder: Path) -> None:
     for split, n in [("train", 3), ("val", 1), ("test", 2)]:
         for name in ["Sneaker", "Dress"]:
             write_images(root / split / name, n)
-    cfg = {"name": "image_folder", "root": str(root), "limit_train": 5,
+    cfg = {"name": "image_folder", "root": str(root), "limit_train": 5, "augment": True,
            "transform": {**SMALL, "grayscale": True, "flip": True}}
     tree = Taxonomy.from_csv(folder / "paths.csv")
-    splits = build_folder_splits(cfg, tree)
+    splits = folders.splits(cfg, tree)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (5, 2, 4)
+    assert "RandomCrop" in repr(splits.train.transform) and "Flip" in repr(splits.train.transform)
+    assert "Flip" not in repr(splits.val.transform)
+    limited = folders.splits({**cfg, "limit_test": 1}, tree)  # limit_val falls back to limit_test
+    assert (len(limited.val), len(limited.test)) == (1, 1)
+    assert len(folders.splits({**cfg, "limit_test": 1, "limit_val": 2}, tree).val) == 2
     assert all("/val/" in f for f in splits.val.files)
     check_loader(splits, splits.classes, tree, 1, 16, 0)
 
@@ -119,27 +129,57 @@ def test_transform_defaults_are_the_papers() -> None:
         build_transforms({"crop_size": 3}, train=True)
 
 
+def test_transform_settings_fill_in_and_check() -> None:
+    t = transform_settings(None)
+    assert (t["resize"], t["crop"], t["flip"], t["in_chans"]) == (256, 224, False, 3)
+    gray = transform_settings({"grayscale": True, "crop": 16, "resize": 20})
+    assert gray["in_chans"] == 1 and gray["mean"] == [pytest.approx(sum((0.485, 0.456, 0.406)) / 3)]
+    assert transform_settings({}, mean=(0.5, 0.5, 0.5))["mean"] == [0.5, 0.5, 0.5]  # a data set's own statistics
+    with pytest.raises(ValueError, match="resize 100 is smaller than crop 224"):
+        transform_settings({"resize": 100})
+    with pytest.raises(ValueError, match="mean and std need 1 values for grayscale"):
+        transform_settings({"grayscale": True, "mean": [0.1, 0.2, 0.3]})
+    with pytest.raises(ValueError, match="crop must be a positive int"):
+        transform_settings({"crop": 0})
+
+
 def test_folder_errors_name_the_folder_or_file(folder: Path) -> None:
     cfg = {"name": "image_folder", "root": str(folder / "images"), "transform": SMALL}
     tree = Taxonomy.from_csv(folder / "paths.csv")
     bigger = Taxonomy.from_paths(PATHS + [["goods", "accessories", "Hat"]])
     (folder / "images" / "Hat").mkdir()
     with pytest.raises(FileNotFoundError, match=r"images/Hat: empty class folder"):
-        build_folder_splits(cfg, bigger)
+        folders.splits(cfg, bigger)
     write_images(folder / "images" / "Hat", 2)
     with pytest.raises(ValueError, match=r"paths.csv: the class folders \['Hat'\] of .*images are not nodes"):
         dataset_taxonomy(cfg, {"source": str(folder / "paths.csv")})
     with pytest.raises(ValueError, match=r"images \(class folders\): .*\['Hat'\] are not nodes"):
-        build_folder_splits(cfg, tree)
+        folders.splits(cfg, tree)
     (folder / "images" / "Hat" / "img0.jpg").write_bytes(b"\xff\xd8 certainly not a JPEG")
     with pytest.raises(ValueError, match=r"Hat/img0.jpg: not a readable image"):
-        build_folder_splits(cfg, bigger)
-    build_folder_splits({**cfg, "verify_images": False}, bigger)  # the check is optional
+        folders.splits(cfg, bigger)
+    folders.splits({**cfg, "verify_images": False}, bigger)  # the check is optional
     with pytest.raises(ValueError, match="img0.jpg: not a readable image"):
         check_images(sorted((folder / "images" / "Hat").iterdir()))
+    check_images(sorted((folder / "images" / "Bag").iterdir()))  # good images pass
     (folder / "none").mkdir()
     with pytest.raises(FileNotFoundError, match=r"none: no class folders"):
-        build_folder_splits({**cfg, "root": str(folder / "none")}, tree)
+        folders.splits({**cfg, "root": str(folder / "none")}, tree)
+
+
+def test_check_images_decodes_every_pixel(tmp_path: Path) -> None:
+    """A JPEG cut in half passes PIL's verify() (header only) but not a full decode."""
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    good, cut = tmp_path / "good.jpg", tmp_path / "cut.jpg"
+    Image.fromarray(pixels).save(good)
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with Image.open(cut) as img:
+        img.verify()  # the old check let this file through
+    assert image_problem(good) is None
+    assert "truncated" in image_problem(cut)
+    with pytest.raises(ValueError, match=r"cut.jpg: not a readable image \(OSError: image file is truncated"):
+        check_images([good, cut])
+    check_images([good])
 
 
 # -- iNaturalist 2021 -----------------------------------------------------------------------------
@@ -151,23 +191,26 @@ def test_inaturalist_folders(tmp_path: Path) -> None:
     cfg = {"name": "inaturalist", "root": str(tmp_path / "inat"), "folders": {"val": None, "test": "val"},
            "val_fraction": 0.25, "transform": SMALL}
     tree = dataset_taxonomy(cfg, {})
-    assert tree == inat_taxonomy(tmp_path / "inat")
+    assert tree == inat_taxonomy(tmp_path / "inat") == folders.taxonomy(cfg, {})
     assert tree.num_levels == 7 and tree.level_sizes == [2, 3, 3, 3, 3, 3, 4]
     assert tree.path("Lumbricus terrestris") == ["Animalia", "Annelida", "Clitellata", "Haplotaxida",
                                                  "Lumbricidae", "Lumbricus", "Lumbricus terrestris"]
     # the genus Morus is a bird and a plant: each place gets its parent's name in front
     assert tree.parent("Morus alba") == "Moraceae/Morus" and tree.parent("Morus bassanus") == "Sulidae/Morus"
-    splits = build_folder_splits(cfg, tree)
-    assert splits.classes == folder_classes(cfg) and len(splits.classes) == 4
+    splits = folders.splits(cfg, tree)
+    assert splits.classes == folders.classes(cfg) and len(splits.classes) == 4
     assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 4, 4)
     check_loader(splits, splits.classes, tree, 3, 16, 2)
 
     cut = {**cfg, "depth": 2}  # phyla as classes: the two Tracheophyta folders merge
     tree2 = dataset_taxonomy(cut, {})
     assert tree2.levels == [["Animalia", "Plantae"], ["Annelida", "Chordata", "Tracheophyta"]]
-    splits2 = build_folder_splits(cut, tree2)
+    splits2 = folders.splits(cut, tree2)
     assert splits2.classes == ["Annelida", "Chordata", "Tracheophyta"]
     assert sorted(splits2.test.labels.tolist()) == [0, 1, 2, 2]
+    assert inat_paths(INAT[1:2], depth=3)[INAT[1]] == ["Animalia", "Chordata", "Aves"]
+    with pytest.raises(ValueError, match=r"data.depth must be in 1..7"):
+        inat_paths(INAT, depth=8)
     (tmp_path / "inat" / "train" / "Lumbricus").mkdir()
     with pytest.raises(ValueError, match="train/Lumbricus: not an iNaturalist-2021 folder name"):
         inat_taxonomy(tmp_path / "inat")
@@ -203,14 +246,19 @@ def cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_cifar100_in_memory_and_resized(cifar: Path) -> None:
-    cfg = {"name": "cifar100", "root": str(cifar), "val_fraction": 0.25, "split_seed": 0}
+    cfg = {"name": "cifar100", "root": str(cifar), "val_fraction": 0.25, "split_seed": 0, "augment": True}
     tree = dataset_taxonomy(cfg, {})
     assert tree.levels == [COARSE, FINE] and tree.parent("orchid") == "flowers"
-    assert folder_classes(cfg) == FINE
-    splits = build_folder_splits(cfg, tree)
+    assert tree == cifar100.cifar100_taxonomy(cifar) == cifar100.taxonomy(cfg, {})
+    assert cifar100.classes(cfg) == get_source("cifar100").classes(cfg) == FINE
+    cifar100.check(cfg)
+    splits = cifar100.splits(cfg, tree)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 5, 8)
     assert (splits.in_chans, splits.image_size) == (3, 32)
+    assert splits.train.augment is True and splits.val.augment is False
     check_loader(splits, FINE, tree, 3, 32, 0)
+    unset = {k: v for k, v in cfg.items() if k != "augment"}
+    assert cifar100.splits(unset, tree).train.augment is False  # augment defaults to off
 
     resized = build_splits({**cfg, "transform": {"resize": 40, "crop": 36, "flip": True}}, tree)
     assert resized.image_size == 36 and len(resized.test) == 8
@@ -221,5 +269,7 @@ def test_cifar100_missing_files_say_where(tmp_path: Path) -> None:
     cfg = {"name": "cifar100", "root": str(tmp_path)}
     with pytest.raises(FileNotFoundError, match="cifar-100-python/meta: missing CIFAR-100 file"):
         dataset_taxonomy(cfg, {})
+    with pytest.raises(FileNotFoundError, match="cifar-100-python/meta: missing CIFAR-100 file"):
+        get_source("cifar100").check(cfg)
     with pytest.raises(FileNotFoundError, match="cifar-100-python: CIFAR-100 files missing or corrupt"):
-        build_folder_splits(cfg, Taxonomy.from_paths([COARSE]))
+        cifar100.splits(cfg, Taxonomy.from_paths([COARSE]))

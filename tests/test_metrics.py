@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhnn.metrics import evaluate_paths, leaf_to_paths, level_accuracy, node_accuracy, path_accuracy
+from dhnn.evaluation.metrics import evaluate_paths, leaf_to_paths, level_accuracy, node_accuracy, path_accuracy
 from dhnn.taxonomy import IGNORE_INDEX as X
 from dhnn.taxonomy import Taxonomy
 

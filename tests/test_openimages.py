@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from dhnn.metrics import (ancestor_mask, evaluate_multilabel, node_f1, path_f1, path_prediction,
-                          search_threshold, weighted_f1)
-from dhnn.openimages import (OpenImagesDataset, check_images, count_images, multi_hot,
-                             prune_by_count, read_class_descriptions, read_image_labels,
-                             read_open_images_hierarchy, remap_labels, taxonomy_from_open_images)
+from dhnn.data import build_splits, dataset_taxonomy, get_source
+from dhnn.data.open_images import OpenImagesDataset, check_images, open_images_splits, open_images_tree
+from dhnn.data.open_images_tree import (count_images, multi_hot, prune_by_count, read_class_descriptions,
+                                        read_image_labels, read_open_images_hierarchy, remap_labels,
+                                        taxonomy_from_open_images)
+from dhnn.evaluation.metrics import (ancestor_mask, evaluate_multilabel, node_f1, path_f1, path_prediction,
+                                     search_threshold, weighted_f1)
 from dhnn.taxonomy import Taxonomy
 
 
@@ -170,9 +172,11 @@ def test_names_and_bad_input(files, tmp_path) -> None:
         read_open_images_hierarchy(cyclic)
 
 
-def test_taxonomy_classmethod(files) -> None:
+def test_taxonomy_from_open_images(files) -> None:
+    # replaces the removed Taxonomy.from_open_images classmethod
+    assert not hasattr(Taxonomy, "from_open_images")
     with pytest.warns(UserWarning, match="more than one parent"):
-        tax = Taxonomy.from_open_images(files["hierarchy"], files["names"], max_depth=2)
+        tax = taxonomy_from_open_images(files["hierarchy"], files["names"], max_depth=2)
     assert isinstance(tax, Taxonomy) and tax == _tree(files, max_depth=2).taxonomy
 
 
@@ -273,6 +277,63 @@ def test_missing_and_corrupt_images(files) -> None:
         ds.check_images()
     with pytest.raises(FileNotFoundError, match=r"img5.jpg: image file not found"):
         check_images(files["images"], ["img1", "img5"])
+
+
+def test_truncated_jpeg_is_caught(files) -> None:
+    """A JPEG cut in half passes PIL's verify() (header only); check_images decodes every pixel."""
+    pixels = torch.randint(0, 256, (96, 96, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    whole = files["images"] / "img7.jpg"
+    Image.fromarray(pixels.numpy()).save(whole)
+    check_images(files["images"], ["img1", "img7"])
+    (files["images"] / "img8.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with Image.open(files["images"] / "img8.jpg") as image:
+        image.verify()  # the old check let this file through
+    with pytest.raises(OSError, match=r"img8.jpg: cannot read image \(image file is truncated"):
+        check_images(files["images"], ["img1", "img7", "img8"])
+    ds = OpenImagesDataset(files["images"], {"img7": ["Dog"], "img8": ["Cat"]}, _tree(files).taxonomy)
+    with pytest.raises(OSError, match=r"img8.jpg: cannot read image"):
+        ds.check_images()
+
+
+# -- the configured data set (data.name: open_images) ---------------------------------------------
+
+
+def _data_cfg(files, **kw) -> dict:
+    root = files["hierarchy"].parent
+    (files["images"] / "img6.jpg").unlink()  # unlabelled, but keep the folder clean of bad files
+    return {"name": "open_images", "root": str(root), "hierarchy": files["hierarchy"].name,
+            "class_descriptions": files["names"].name, "labels": {"train": "labels.csv", "test": "labels.csv"},
+            "images": {"train": "images", "test": "images"}, "max_depth": 3, "val_fraction": 0.34,
+            "split_seed": 0, "transform": {"resize": 8, "crop": 6}, **kw}
+
+
+def test_open_images_source(files) -> None:
+    cfg = _data_cfg(files)
+    source = get_source("open_images")
+    assert source.task == "node_sets"  # several labels per image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tree = open_images_tree(cfg)
+        assert tree.taxonomy == _tree(files, max_depth=3).taxonomy
+        tax = dataset_taxonomy(cfg, {})
+        assert tax == tree.taxonomy and source.classes(cfg) == tax.nodes
+        source.check(cfg)
+        splits = build_splits(cfg, tax)
+        assert (len(splits.train), len(splits.val), len(splits.test)) == (2, 1, 3)  # val carved from train
+        assert set(splits.train.image_ids) | set(splits.val.image_ids) == {"img1", "img2", "img4"}
+        assert splits.classes == tax.nodes and (splits.in_chans, splits.image_size) == (3, 6)
+        assert not hasattr(splits, "multilabel")
+        assert "CenterCrop" in repr(splits.train.transform)  # augment defaults to off
+        image, target, i = splits.train[0]
+        assert image.shape == (3, 6, 6) and target.shape == (len(tax.nodes),)
+        assert torch.equal(splits.test.original, multi_hot([["Dog", "Animal", "Apple"], ["Bird"], ["Cat"]], tax,
+                                                           ancestors=False))
+        assert "RandomCrop" in repr(open_images_splits({**cfg, "augment": True}, tax).train.transform)
+        limited = open_images_splits({**cfg, "val_fraction": 0.67, "limit_test": 1}, tax)
+        assert (len(limited.val), len(limited.test)) == (1, 1)  # limit_val falls back to limit_test
+        pruned = {**cfg, "min_images": 2}
+        with pytest.raises(ValueError, match="differs from the taxonomy passed in; rerun the taxonomy stage"):
+            open_images_splits(pruned, tax)
 
 
 # -- metrics --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dhnn.plots import plot_learning_curves, plot_level_accuracy, plot_taxonomy, save_figure
+from dhnn.report.plots import plot_learning_curves, plot_level_accuracy, plot_taxonomy, save_figure
 
 Tree = dict[str, "Tree"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dhnn.report import (
+from dhnn.report.tables import (
     atomic_write_json,
     atomic_write_text,
     level_table,

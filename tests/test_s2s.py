@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from dhnn.s2s import CNNS2S, S2SOutputs, create_s2s
+from dhnn.models import create_model
+from dhnn.models.s2s import CNNS2S, S2SOutputs
 from dhnn.taxonomy import IGNORE_INDEX, Taxonomy
 
 TREE = Taxonomy.from_csv("taxonomies/fashion_mnist.csv").collapse_chains()
@@ -22,7 +23,7 @@ def make(tree: Taxonomy = TREE, seed: int = 0, **s2s) -> CNNS2S:
     cfg = {"kind": "s2s", "backbone": BACKBONE, "level_layers": [[LAYERS[t % 4]] for t in range(tree.num_levels)],
            "conversion": {"kind": "pool", "grid": [8, 1, 1], "mode": "avg"},
            "s2s": {"hidden_size": 8, "num_layers": 1, **s2s}}
-    return create_s2s(cfg, tree, in_chans=1, image_size=28).eval()
+    return create_model({**cfg, "kind": "s2s"}, tree, in_chans=1, image_size=28).eval()
 
 
 def sharpen(model: CNNS2S, seed: int) -> None:
@@ -233,9 +234,9 @@ def test_bad_settings_fail_clearly() -> None:
     cfg = {"kind": "s2s", "backbone": BACKBONE, "level_layers": [["layer4"], ["layer3"]],
            "conversion": {"kind": "pool", "grid": [8, 1, 1]}}
     with pytest.raises(ValueError, match="3 levels"):
-        create_s2s(cfg, TREE, 1, 28)
-    with pytest.raises(ValueError, match="create_s2s builds kind 's2s'"):
-        create_s2s({**cfg, "kind": "rnn"}, TREE, 1, 28)
+        create_model(cfg, TREE, 1, 28)
+    with pytest.raises(ValueError, match="unknown model kind 'seq2seq'"):
+        create_model({**cfg, "kind": "seq2seq"}, TREE, 1, 28)
     model = make()
     with pytest.raises(ValueError, match="beam_width"):
         model.predict(model(images(1)), beam_width=0)

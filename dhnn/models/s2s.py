@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import Backbone, LevelInputs
-from .taxonomy import IGNORE_INDEX, Taxonomy
+from ..taxonomy import IGNORE_INDEX, Taxonomy
+from .backbone import Backbone
+from .rnn import LevelInputs
 
 FEEDS = ("teacher", "softmax")
 END_AFTER = ("leaves", "any")
@@ -238,21 +239,9 @@ class CNNS2S(nn.Module):
 
 def s2s_settings(cfg: dict) -> dict:
     """The CNNS2S keyword arguments of a variant's ``s2s`` entry, checked."""
-    s2s = dict(cfg.get("s2s", {}))
+    s2s = {k: v for k, v in cfg.get("s2s", {}).items() if v is not None}
     known = {"hidden_size", "num_layers", "feed", "end_after", "embed_size", "dropout"}
     unknown = sorted(set(s2s) - known)
     if unknown:
         raise ValueError(f"unknown s2s settings {unknown}; expected some of {sorted(known)}")
     return s2s
-
-
-def create_s2s(cfg: dict, taxonomy: Taxonomy, in_chans: int, image_size: int) -> CNNS2S:
-    """Build a CNN-S2S from one ``variants`` entry (kind: s2s; backbone, level_layers, conversion, s2s)."""
-    if cfg.get("kind", "s2s") != "s2s":
-        raise ValueError(f"create_s2s builds kind 's2s', got {cfg['kind']!r}")
-    missing = [key for key in ("backbone", "level_layers", "conversion") if key not in cfg]
-    if missing:
-        raise ValueError(f"s2s variant is missing {missing}")
-    from .models import create_model
-
-    return create_model({**cfg, "kind": "s2s"}, taxonomy, in_chans, image_size)

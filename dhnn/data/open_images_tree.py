@@ -1,4 +1,4 @@
-"""Open Images: the official class hierarchy as a Taxonomy, image-level labels, and a lazy image set.
+"""Open Images: the official class hierarchy as a Taxonomy, and the image-level labels on it.
 
 Getting the data (needs a network; nothing here downloads). From the official download page
 (https://storage.googleapis.com/openimages/web/download_v6.html, or the V4/V5 pages):
@@ -29,11 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
-from torchvision.transforms.functional import pil_to_tensor
 
-from .taxonomy import Taxonomy
+from ..taxonomy import Taxonomy
 
 MULTI_PARENT_POLICIES = ("first", "error")
 LABEL_COLUMNS = ("ImageID", "LabelName", "Confidence")
@@ -359,77 +356,3 @@ def multi_hot(node_lists: Sequence[Sequence[str]], taxonomy: Taxonomy, *,
     out = torch.zeros(len(node_lists), len(index))
     out[rows, cols] = 1.0
     return out
-
-
-# -- images ---------------------------------------------------------------------------------------
-
-
-def _image_path(images_dir: Path, image_id: str) -> Path:
-    return images_dir / f"{image_id}.jpg"
-
-
-def check_images(images_dir: str | os.PathLike[str], image_ids: Iterable[str]) -> None:
-    """Fully decode every ``<ImageID>.jpg``; raise naming the first missing or unreadable file."""
-    for image_id in image_ids:
-        path = _image_path(Path(images_dir), image_id)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found")
-        try:
-            with Image.open(path) as image:
-                image.load()  # verify() alone misses truncated JPEGs
-        except OSError as e:
-            raise OSError(f"{path}: cannot read image ({e})") from None
-
-
-class OpenImagesDataset(Dataset):
-    """Lazily decoded ``<images_dir>/<ImageID>.jpg`` with multi-hot node targets.
-
-    Items are ``(image, targets[i], i)``: the transformed RGB image (uint8 [3, H, W] without a
-    transform), the multi-hot over ``taxonomy.nodes`` with every ancestor on, and the index, which
-    also finds ``image_ids[i]`` and ``original[i]`` (the labels as annotated, for path F1).
-    Labelled images without a file raise a FileNotFoundError (how many, and the first few), or with
-    ``skip_missing`` (the data config's ``skip_missing``) are dropped with a warning.
-    """
-
-    def __init__(self, images_dir: str | os.PathLike[str], image_labels: Mapping[str, Sequence[str]],
-                 taxonomy: Taxonomy, transform: Callable[[Image.Image], Any] | None = None, *,
-                 skip_missing: bool = False) -> None:
-        self.images_dir = Path(images_dir)
-        if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"{images_dir}: not a folder (expected <ImageID>.jpg files)")
-        if not image_labels:
-            raise ValueError(f"{images_dir}: no labelled images given")
-        present = {entry.name for entry in os.scandir(self.images_dir)}  # one listing, not N stats
-        ids = list(image_labels)
-        missing = [i for i in ids if f"{i}.jpg" not in present]
-        if missing:
-            message = (f"{images_dir}: {len(missing)} of {len(ids)} labelled images have no "
-                       f"<ImageID>.jpg file (first: {', '.join(missing[:5])})")
-            if not skip_missing:
-                raise FileNotFoundError(message + "; set skip_missing to drop them")
-            warnings.warn(message + "; dropped them (skip_missing)", stacklevel=2)
-            gone = set(missing)
-            ids = [i for i in ids if i not in gone]
-            if not ids:
-                raise FileNotFoundError(f"{images_dir}: none of the labelled images is there")
-        self.image_ids: list[str] = ids
-        self.targets = multi_hot([image_labels[i] for i in ids], taxonomy)
-        self.original = multi_hot([image_labels[i] for i in ids], taxonomy, ancestors=False)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor, int]:
-        path = _image_path(self.images_dir, self.image_ids[i])
-        try:
-            with Image.open(path) as f:
-                image = f.convert("RGB")
-        except OSError as e:
-            raise OSError(f"{path}: cannot read image ({e})") from None
-        x = self.transform(image) if self.transform is not None else pil_to_tensor(image)
-        return x, self.targets[i], i
-
-    def check_images(self) -> None:
-        """Decode every image once, failing on the first bad file (run before a long training)."""
-        check_images(self.images_dir, self.image_ids)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_write_json
+
 # Same value as torch.nn.CrossEntropyLoss's default ignore_index, so encoded paths can be fed to
 # the loss directly: levels below the end of a short path contribute nothing.
 IGNORE_INDEX = -100
@@ -119,6 +121,7 @@ class Taxonomy:
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{path}: empty file, expected a header row such as level_1,level_2")
+            seen: dict[tuple[str, ...], int] = {}
             for row in reader:
                 where = f"{path}: line {reader.line_num}"
                 cells = [c.strip() for c in row]
@@ -126,6 +129,9 @@ class Taxonomy:
                     cells.pop()
                 if not cells:
                     continue  # blank line
+                if tuple(cells) in seen:
+                    raise ValueError(f"{where}: repeats the path of line {seen[tuple(cells)]} ({' / '.join(cells)})")
+                seen[tuple(cells)] = reader.line_num
                 if len(cells) > len(header):
                     raise ValueError(f"{where}: {len(cells)} cells but the header has "
                                      f"{len(header)} columns")
@@ -156,7 +162,6 @@ class Taxonomy:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write JSON atomically (see dhnn.io)."""
-        from .io import atomic_write_json
 
         atomic_write_json(path, self.to_dict())
 
@@ -348,12 +353,3 @@ class Taxonomy:
     def __repr__(self) -> str:
         return (f"Taxonomy(levels={self.level_sizes}, nodes={len(self)}, "
                 f"leaves={len(self._leaves)})")
-
-    @classmethod
-    def from_open_images(cls, hierarchy_json: str | os.PathLike[str],
-                         class_descriptions_csv: str | os.PathLike[str] | None = None,
-                         **kw: Any) -> Taxonomy:
-        """The tree of an Open Images hierarchy JSON (options: dhnn.openimages.read_open_images_hierarchy)."""
-        from .openimages import taxonomy_from_open_images  # lazy: PIL and the data code stay optional here
-
-        return taxonomy_from_open_images(hierarchy_json, class_descriptions_csv, **kw)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .io import atomic_write_json, atomic_write_text  # noqa: F401  re-exported
+from ..io import atomic_write_json, atomic_write_text  # noqa: F401  re-exported
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -184,7 +184,7 @@ TRAIN_SUMMARY_KEYS: tuple[str, ...] = ("params", "conversion_params", "conversio
 
 def run_dirs(results_dir: str | Path, variant: str, seed: int) -> tuple[Path, Path]:
     """The train and infer output folders of one run, as dvc.yaml lays them out."""
-    from .config import run_name
+    from ..paths import run_name
 
     name = run_name(variant, seed)
     return Path(results_dir) / "train" / name, Path(results_dir) / "infer" / name
@@ -203,12 +203,19 @@ def read_dvclive_history(dvclive_dir: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def load_grid(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int], multilabel: bool = False
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every (variant, seed) run of the grid: (runs with test metrics and training cost, learning curves)."""
-    required = MULTILABEL_KEYS if multilabel else REQUIRED_KEYS
+def load_grid(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int],
+              required: Sequence[str] = REQUIRED_KEYS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every (variant, seed) run of the grid: (runs with test metrics and training cost, learning curves).
+
+    Each metrics file must say it belongs to the run whose folder holds it: a checkpoint copied over
+    another run's would otherwise merge two variants into one row.
+    """
     dirs = [(v, s, *run_dirs(results_dir, v, s)) for v in variants for s in seeds]
     runs = load_runs([infer / "metrics.json" for _, _, _, infer in dirs], required)
+    for (variant, seed, _, infer), got_v, got_s in zip(dirs, runs["variant"], runs["seed"]):
+        if (got_v, got_s) != (variant, seed):
+            raise ValueError(f"{infer / 'metrics.json'}: holds run {got_v!r} seed {got_s}, but it is the file of "
+                             f"{variant!r} seed {seed}; rerun that run's infer stage")
     costs, curves = [], []
     for variant, seed, train, _ in dirs:
         summary_file = train / "dvclive" / "metrics.json"

@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
-from .io import atomic_path
+from ..io import atomic_path
 
 __all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_taxonomy", "save_figure"]
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .taxonomy import IGNORE_INDEX, Taxonomy
+from ..decoding import leaf_to_paths  # noqa: F401  (re-exported: metrics of flat predictions)
+from ..taxonomy import IGNORE_INDEX, Taxonomy
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,20 +63,6 @@ def evaluate_paths(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float 
         "node_accuracy": node_accuracy(pred, target),
         "level_accuracy": level_accuracy(pred, target),
     }
-
-
-def leaf_to_paths(leaf_pred: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
-    """Map a flat classifier's leaf predictions (indices into taxonomy.leaves) to paths [N, T]."""
-    if not isinstance(leaf_pred, torch.Tensor) or leaf_pred.dim() != 1:
-        shape = list(leaf_pred.shape) if isinstance(leaf_pred, torch.Tensor) else type(leaf_pred).__name__
-        raise ValueError(f"leaf_pred must be a tensor of shape [N], got {shape}")
-    if leaf_pred.is_floating_point() or leaf_pred.is_complex():
-        raise ValueError(f"leaf_pred must hold integer leaf indices, got {leaf_pred.dtype}")
-    num_leaves = len(taxonomy.leaves)
-    if leaf_pred.numel() and (leaf_pred.min() < 0 or leaf_pred.max() >= num_leaves):
-        raise ValueError(f"leaf_pred values must lie in [0, {num_leaves}), got "
-                         f"[{leaf_pred.min().item()}, {leaf_pred.max().item()}]")
-    return taxonomy.leaf_paths().to(leaf_pred.device)[leaf_pred.long()]
 
 
 # -- multi-label F1 (Open Images) -----------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""The data-source registry: the one place a ``data.name`` is dispatched.
+
+Each source is a module of ``dhnn.data`` with four functions, imported only when that source is
+used (the image-folder readers pull in PIL and torchvision's transforms):
+
+- ``classes(data) -> list[str]``: the class names, in label order, without reading images;
+- ``taxonomy(data, taxonomy) -> Taxonomy``: the class tree, read from a file or built from the data;
+- ``check(data) -> None``: a quick check of the files (sizes, checksums, folders) before long work;
+- ``splits(data, tree) -> Splits``: train, validation and test sets.
+
+``task`` says what a label is: ``paths`` (one root path per image) or ``node_sets`` (any set of
+nodes per image, each with its ancestors, as in Open Images); see dhnn.tasks.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..taxonomy import Taxonomy
+from .base import Splits, check_classes
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data source: the module that reads it and the kind of label it has."""
+
+    name: str
+    module: str
+    task: str
+
+    def _impl(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def classes(self, data: dict) -> list[str]:
+        """The class names, in label order."""
+        return self._impl().classes(data)
+
+    def taxonomy(self, data: dict, taxonomy: dict) -> Taxonomy:
+        """The class tree."""
+        return self._impl().taxonomy(data, taxonomy)
+
+    def check(self, data: dict) -> None:
+        """A quick check of the files, raising an error that names the file."""
+        self._impl().check(data)
+
+    def splits(self, data: dict, tree: Taxonomy) -> Splits:
+        """Train, validation and test sets."""
+        return self._impl().splits(data, tree)
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    Source("fashion_mnist", "dhnn.data.fashion_mnist", "paths"),
+    Source("image_folder", "dhnn.data.folders", "paths"),
+    Source("inaturalist", "dhnn.data.folders", "paths"),
+    Source("cifar100", "dhnn.data.cifar100", "paths"),
+    Source("open_images", "dhnn.data.open_images", "node_sets"),
+)}
+
+
+def get_source(name: str) -> Source:
+    """The registered source called ``name``."""
+    if name not in SOURCES:
+        raise ValueError(f"data.name: unknown data set {name!r}; expected one of {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def build_splits(data: dict, tree: Taxonomy) -> Splits:
+    """Train, validation and test sets of the configured data set."""
+    return get_source(data["name"]).splits(data, tree)
+
+
+def dataset_taxonomy(data: dict, taxonomy: dict) -> Taxonomy:
+    """The class tree of the configured data set, checked against its classes."""
+    source = get_source(data["name"])
+    tree = source.taxonomy(data, taxonomy)
+    check_classes(source.classes(data), tree, taxonomy.get("source") or data["name"])
+    return tree
+

@@ -1,0 +1,1 @@
+"""Evaluation: metrics of paths and node sets, and batched inference."""

@@ -1,0 +1,59 @@
+"""The flat baseline: the backbone's last feature map, pooled, one softmax over the leaves."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..decoding import leaf_to_paths
+from ..taxonomy import IGNORE_INDEX, Taxonomy
+from .backbone import Backbone
+
+
+class FlatClassifier(nn.Module):
+    """The flat baseline: the backbone's last feature map, global average pooled, one softmax over the leaves."""
+
+    def __init__(self, taxonomy: Taxonomy, backbone: Backbone, dropout: float = 0.0, multilabel: bool = False):
+        super().__init__()
+        self.taxonomy, self.backbone, self.multilabel = taxonomy, backbone, multilabel
+        self.last = backbone.layers[-1]
+        self.drop = nn.Dropout(dropout)
+        # multi-label: one sigmoid per node (the flat multi-label CNN of the paper's Open Images table)
+        self.fc = nn.Linear(backbone.channels[self.last], len(taxonomy) if multilabel else len(taxonomy.leaves))
+        sizes = [len(level) for level in taxonomy.levels]
+        self.register_buffer("level_offsets", torch.tensor([sum(sizes[:t]) for t in range(len(sizes))]), persistent=False)
+        leaf_of_node = torch.full((len(taxonomy),), -1, dtype=torch.long)
+        for i, leaf in enumerate(taxonomy.leaves):
+            leaf_of_node[taxonomy.nodes.index(leaf)] = i
+        self.register_buffer("leaf_of_node", leaf_of_node, persistent=False)
+
+    def forward(self, x: torch.Tensor, paths: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.backbone(x)[self.last]
+        return self.fc(self.drop(a.mean((2, 3))))
+
+    def leaf_targets(self, paths: torch.Tensor) -> torch.Tensor:
+        """The leaf index of each target path [B, T] (its deepest node)."""
+        last = (paths != IGNORE_INDEX).sum(1) - 1
+        node = self.level_offsets[last] + paths.gather(1, last[:, None]).squeeze(1)
+        leaf = self.leaf_of_node[node]
+        if (leaf < 0).any():
+            raise ValueError("a target path ends at an internal node; the flat baseline needs paths to leaves")
+        return leaf
+
+    def node_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Multi-label: sigmoid score of every node [B, |V|]."""
+        return logits.float().sigmoid()
+
+    def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float] = ()) -> torch.Tensor:
+        """Cross-entropy over the leaves (multi-label: sigmoid cross-entropy over the nodes)."""
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits.float(), paths.float())
+        return F.cross_entropy(logits.float(), self.leaf_targets(paths))
+
+    @torch.no_grad()
+    def predict(self, logits: torch.Tensor, beam_width: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The most probable leaf, mapped to its path: (indices [B, T], scores [B])."""
+        p, leaf = logits.float().softmax(-1).max(-1)
+        return leaf_to_paths(leaf, self.taxonomy), p

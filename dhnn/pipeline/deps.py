@@ -1,0 +1,99 @@
+"""Which dhnn modules each stage's notebook imports, directly or not: dvc.yaml's code dependencies.
+
+Imports are read from the source (every ``import`` statement, also inside functions), plus module
+names written as strings (the registries import their data sources lazily by name). Importing a
+module runs its packages' ``__init__`` files too, so they count. ``python -m dhnn.pipeline.deps``
+prints each stage's list; ``tests/test_deps.py`` fails when dvc.yaml differs from it.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1]
+MODULE_NAME = re.compile(r"^dhnn(\.[A-Za-z_]\w*)+$")
+# stage name in dvc.yaml -> its notebook
+STAGES = {"taxonomy": "00_taxonomy", "train": "01_train", "infer": "02_infer", "report": "03_report"}
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a dhnn module or package, or None if it is not one."""
+    parts = name.split(".")
+    if parts[0] != "dhnn":
+        return None
+    base = PACKAGE.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _name_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(source: str, module: str = "", is_package: bool = False) -> set[str]:
+    """The dhnn modules that ``source`` (the code of ``module``) names in imports or as strings."""
+    found: set[str] = set()
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_NAME.match(node.value):
+            found.add(node.value)
+    return {name for name in found if module_file(name) is not None}
+
+
+def _with_packages(name: str) -> set[str]:
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def closure(roots: set[str]) -> set[str]:
+    """Every dhnn module that importing ``roots`` runs."""
+    todo, seen = [m for r in roots for m in _with_packages(r)], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = module_file(name)
+        for dep in imports_of(path.read_text(encoding="utf-8"), name, path.name == "__init__.py"):
+            todo.extend(_with_packages(dep))
+    return seen
+
+
+def notebook_modules(notebook: str | Path) -> set[str]:
+    """The dhnn modules a notebook's code imports, directly or not."""
+    from .nbcode import notebook_code
+
+    return closure(imports_of(notebook_code(notebook)))
+
+
+def stage_files(notebook: str | Path) -> list[str]:
+    """The dhnn source files a notebook runs, as dvc.yaml lists them (relative to the project)."""
+    return sorted(str(module_file(m).relative_to(PACKAGE.parent)) for m in notebook_modules(notebook))
+
+
+def main() -> None:
+    """Print every stage's dhnn dependencies."""
+    root = PACKAGE.parent
+    for stage, nb in STAGES.items():
+        print(f"{stage}:")
+        for f in stage_files(root / "notebooks" / f"{nb}.ipynb"):
+            print(f"  - {f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reports: result tables over the grid of runs, and figures."""

@@ -1,0 +1,1 @@
+"""Training: the loop (torchvision references style) and safe, resumable checkpoints."""

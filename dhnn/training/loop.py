@@ -1,0 +1,199 @@
+"""The training loop, in the style of torchvision's references/classification, with resumable epochs."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..console import say
+from ..evaluation.inference import autocast
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; on CPU the same seed then gives the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def alt_phase(epoch: int, alt: dict | None) -> str:
+    """'head' (CNN frozen) or 'joint' for ``epoch`` under the authors' alternating ("Alt") schedule.
+
+    Before epoch ``alt1`` the phase toggles every ``alt2`` epochs, starting with 'head'; from
+    ``alt1`` on everything trains jointly. The paper's runs used alt1=3, alt2=6: the conversion and
+    RNN alone for epochs 0-2, then joint training. ``alt=None`` trains jointly throughout.
+    """
+    if not alt or epoch >= alt["alt1"]:
+        return "joint"
+    return "head" if (epoch // alt["alt2"]) % 2 == 0 else "joint"
+
+
+def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze or unfreeze the CNN's parameters (the optimizer skips parameters without gradients)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+
+
+def level_weights_at(weights: Sequence[float] | dict, epoch: int, epochs: int) -> list[float]:
+    """w_t for ``epoch``: a fixed list, or ``{start: [...], end: [...]}`` interpolated linearly over the epochs."""
+    if isinstance(weights, dict):
+        start, end = weights["start"], weights["end"]
+        if len(start) != len(end):
+            raise ValueError(f"level_weights: start has {len(start)} weights, end has {len(end)}")
+        f = epoch / max(epochs - 1, 1)
+        return [a + (b - a) * f for a, b in zip(start, end)]
+    return list(weights)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
+                    level_weights: Sequence[float], epoch: int, amp: bool = True,
+                    freeze_backbone: bool = False) -> dict:
+    """One pass over ``loader``; returns the mean loss, the step count and the wall time.
+
+    A loss that is NaN or infinite stops the run at once (FloatingPointError): the checkpoints of
+    the epochs before stay as they were.
+    """
+    model.train()
+    set_backbone_frozen(model, freeze_backbone)
+    if freeze_backbone:
+        model.backbone.eval()  # a frozen CNN keeps its BatchNorm statistics too
+    total, n, start = 0.0, 0, time.perf_counter()
+    for step, (images, paths, _) in enumerate(loader):
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        paths = paths.to(device, non_blocking=True)
+        with autocast(device, amp):
+            outputs = model(images, paths)
+        loss = model.loss(outputs, paths, level_weights)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"epoch {epoch}, step {step}: the training loss is {loss.item()}; stopping "
+                                     f"(lower train.lr, or check the data); the last epoch's checkpoint is kept")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(images)
+        n += len(images)
+    seconds = time.perf_counter() - start
+    return {"loss": total / max(n, 1), "steps": len(loader), "seconds": seconds}
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, epochs: int, steps_per_epoch: int,
+                   optimizer: str = "adamw", schedule: str = "onecycle"
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """AdamW with a one-cycle schedule (converges in few CPU epochs) or the paper's Adam at a constant rate."""
+    if optimizer not in ("adam", "adamw") or schedule not in ("onecycle", "constant"):
+        raise ValueError(f"train.optimizer must be adam or adamw and train.schedule onecycle or constant, "
+                         f"got {optimizer!r} and {schedule!r}")
+    make = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opt = make(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule == "constant":
+        return opt, None
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
+
+
+def summarize_history(history: list[dict], select: str) -> dict:
+    """Training cost and the epoch that ``select`` (a validation metric) picks, for the run's summary."""
+    select = f"val/{select}"
+    best = max(range(len(history)), key=lambda i: (history[i][select], -i))
+    return {"train_seconds": float(sum(r["seconds"] for r in history)),
+            "seconds_per_step": float(sum(r["seconds_per_step"] for r in history) / len(history)),
+            "best_epoch": best}
+
+
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, task, epochs: int, lr: float,
+        weight_decay: float, level_weights: Sequence[float] | dict, beam_width: int, device: torch.device,
+        out_dir: str | Path, run_info: dict, fingerprint: str, live=None, amp: bool = True, progress: bool = True,
+        alt: dict | None = None, optimizer: str = "adamw", schedule: str = "onecycle") -> list[dict]:
+    """Train for ``epochs``, validate each epoch, keep the best epoch's weights in ``out_dir/model.pt``.
+
+    ``task`` (dhnn.tasks) scores validation and names the selection metric. ``run_info`` (variant,
+    seed, config, taxonomy) goes into the checkpoint for inference. Every epoch ends with an atomic
+    ``out_dir/last.pt``; if one with the same ``fingerprint`` is there when ``fit`` starts, training
+    resumes after its epoch and, on CPU, reaches exactly the numbers of an uninterrupted run.
+    ``live`` is an optional dvclive ``Live`` that receives the per-epoch metrics. Returns one dict
+    per epoch (train loss, validation metrics, seconds, phase).
+    """
+    out_dir = Path(out_dir)
+    best_file, last_file = out_dir / "model.pt", out_dir / "last.pt"
+    # channels-last convolutions run about a quarter faster on CPU (oneDNN) and suit tensor cores on GPU
+    model.to(device, memory_format=torch.channels_last)
+    opt, scheduler = make_optimizer(model, lr, weight_decay, epochs, len(train_loader), optimizer, schedule)
+    history, best, best_state, start = [], -math.inf, None, 0
+    resumed = _resume(last_file, fingerprint, model, opt, scheduler, train_loader)
+    if resumed is not None:
+        history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
+        start = resumed["epoch"] + 1
+        save_checkpoint(best_file, **best_state)  # dvc removed the stage's outputs before rerunning it
+        say(f"{out_dir.name}: resuming after epoch {resumed['epoch']} from {last_file}")
+        for row in history:
+            _log(live, row)
+    for epoch in range(start, epochs):
+        phase = alt_phase(epoch, alt)
+        weights = level_weights_at(level_weights, epoch, epochs)
+        stats = train_one_epoch(model, train_loader, opt, scheduler, device, weights, epoch, amp,
+                                freeze_backbone=phase == "head")
+        val = task.evaluate(model, val_loader, device, beam_width, amp)
+        row = {"epoch": epoch, "train/loss": stats["loss"],
+               **{f"val/{k}": v for k, v in val.items() if not isinstance(v, list)},
+               "seconds": stats["seconds"], "seconds_per_step": stats["seconds"] / max(stats["steps"], 1),
+               "phase": phase}
+        history.append(row)
+        _log(live, row)
+        if val[task.select] > best:
+            best = val[task.select]
+            best_state = {"model": model.state_dict(), "epoch": epoch, "val": val, **run_info}
+            save_checkpoint(best_file, **best_state)
+        save_checkpoint(last_file, model=model.state_dict(), optimizer=opt.state_dict(),
+                        scheduler=scheduler.state_dict() if scheduler is not None else None,
+                        rng=rng_state(), loader_rng=train_loader.generator.get_state(), epoch=epoch,
+                        history=history, best=best, best_state=best_state, fingerprint=fingerprint)
+        if progress:
+            say(f"{out_dir.name}: epoch {epoch + 1}/{epochs}  loss {stats['loss']:.4f}  "
+                f"val {task.select} {val[task.select]:.4f}  {stats['seconds']:.1f} s")
+    set_backbone_frozen(model, False)
+    last_file.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    return history
+
+
+def _resume(last_file: Path, fingerprint: str, model: nn.Module, opt: torch.optim.Optimizer,
+            scheduler, train_loader: DataLoader) -> dict | None:
+    """Restore the state of ``last_file`` if it belongs to this run (same fingerprint); else None."""
+    if not last_file.is_file():
+        return None
+    try:
+        state = load_checkpoint(last_file)
+    except ValueError as err:
+        say(f"warning: {err}; starting the run from epoch 0")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        say(f"{last_file}: left by a run with other settings or code; starting from epoch 0")
+        return None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    train_loader.generator.set_state(state["loader_rng"])
+    return state
+
+
+def _log(live, row: dict) -> None:
+    if live is not None:
+        for key in [k for k in row if k.startswith(("train/", "val/"))]:
+            live.log_metric(key, row[key])
+        live.next_step()

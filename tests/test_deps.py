@@ -1,0 +1,64 @@
+"""dvc.yaml's dependencies are exact: each stage lists every dhnn module its notebook runs, and the
+keys it reads; saving a notebook from JupyterLab changes nothing a stage depends on."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dhnn.pipeline.deps import STAGES, imports_of, stage_files
+from dhnn.pipeline.nbcode import notebook_code
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_stage_lists_exactly_the_modules_its_notebook_runs(stage: str) -> None:
+    listed = sorted(d for d in DVC[stage]["deps"] if d.startswith("dhnn/"))
+    needed = stage_files(ROOT / "notebooks" / f"{STAGES[stage]}.ipynb")
+    assert set(needed) - set(listed) == set(), f"dvc.yaml stage {stage!r} misses these (python -m dhnn.pipeline.deps)"
+    assert set(listed) - set(needed) == set(), f"dvc.yaml stage {stage!r} lists modules its notebook never runs"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stages_depend_on_notebook_code_not_on_the_notebook(stage: str) -> None:
+    deps = DVC[stage]["deps"]
+    assert f"results/nbcode/{STAGES[stage]}.py" in deps
+    assert not any(d.endswith(".ipynb") for d in deps)
+
+
+def test_runtime_knobs_are_no_stage_dependency() -> None:
+    for stage in DVC.values():
+        params = [p for p in stage.get("params", []) if isinstance(p, str)]
+        assert not any(p == "runtime" or p.startswith("runtime.") for p in params)
+
+
+def test_imports_are_found_in_functions_relative_imports_and_registry_strings() -> None:
+    src = "from .base import x\ndef f():\n    from ..models import registry\nSOURCE = 'dhnn.data.folders'\n"
+    assert imports_of(src, "dhnn.data.registry") >= {"dhnn.data.base", "dhnn.models", "dhnn.models.registry",
+                                                     "dhnn.data.folders"}
+
+
+def test_saving_a_notebook_keeps_its_code_and_editing_a_cell_changes_it(tmp_path: Path) -> None:
+    nb = json.loads((ROOT / "notebooks" / "01_train.ipynb").read_text())
+    saved = copy.deepcopy(nb)  # what JupyterLab writes after Run All + Save
+    saved["metadata"]["kernelspec"]["display_name"] = "Python 3 (my venv)"
+    saved["metadata"]["widgets"] = {"state": {}}
+    for i, cell in enumerate(saved["cells"]):
+        cell.setdefault("metadata", {})["execution"] = {"iopub.status.busy": "2026-11-30T10:00:00"}
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = 40 + i
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["other numbers\n"]}]
+    edited = copy.deepcopy(nb)
+    code = next(c for c in edited["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
+    code["source"] = "".join(code["source"]) + "\nprint('changed')"
+    files = {}
+    for name, content in [("orig", nb), ("saved", saved), ("edited", edited)]:
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps(content))
+        files[name] = notebook_code(tmp_path / f"{name}.ipynb")
+    assert files["saved"] == files["orig"]
+    assert files["edited"] != files["orig"]
