@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("file", nargs="?", default="params.yaml")
-    parser.add_argument("--out", help="also write the verdict here (the pipeline's check stage)")
+    parser.add_argument("--out", help="also write the params with every default filled in, as JSON (the pipeline's "
+                                      "check stage: the other stages read their keys from it)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.file)
@@ -373,10 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runs = len(params.grid.variants) * len(params.grid.seeds)
     print(f"{args.file}: valid ({len(params.grid.variants)} variants x {len(params.grid.seeds)} seeds = {runs} runs)")
-    if args.out:  # constant text: the stages after this one rerun only when their own inputs change
-        from .io import atomic_write_text
+    if args.out:
+        from .io import atomic_write_json
 
-        atomic_write_text(args.out, f"{args.file}: valid\n")
+        atomic_write_json(args.out, params.model_dump(mode="json"))
     return 0
 
 

@@ -180,3 +180,78 @@ def test_cuda_matches_cpu() -> None:
 def test_validation(scores: list, width: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         beam_search_indices(scores, SLIDE, width)
+
+
+def reference_beam(level_scores: list[torch.Tensor], tax: Taxonomy, b: int,
+                   k: int) -> list[tuple[float, list[str]]]:
+    """Per-sample beam search in plain Python: the same algorithm, one path at a time."""
+    def prob(t: int, name: str) -> float:
+        return level_scores[t][b, tax.index(name)].item()
+
+    beams = sorted(((prob(0, n), [n]) for n in tax.levels[0]), key=lambda x: -x[0])[:k]
+    for t in range(1, tax.num_levels):
+        candidates = []
+        for score, path in beams:
+            kids = tax.children(path[-1])
+            candidates += [(score * prob(t, c), path + [c]) for c in kids] if kids else [(score, path)]
+        beams = sorted(candidates, key=lambda x: -x[0])[:k]
+    return beams
+
+
+@st.composite
+def wide_trees(draw: st.DrawFn) -> Taxonomy:
+    """Trees with up to 8 children per node, so that k * width is well above k."""
+    max_depth = draw(st.integers(2, 4))
+    fixed = draw(st.booleans())
+    names = iter(f"n{i}" for i in range(10_000))
+    leaf_paths: list[list[str]] = []
+
+    def grow(prefix: list[str]) -> None:
+        for _ in range(draw(st.integers(1, 8 if len(prefix) < 2 else 4))):
+            path = prefix + [next(names)]
+            if len(path) < max_depth and (fixed or draw(st.booleans())):
+                grow(path)
+            else:
+                leaf_paths.append(path)
+
+    grow([])
+    return Taxonomy.from_paths(draw(st.permutations(leaf_paths)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(wide_trees(), st.integers(0, 2**31 - 1), st.integers(1, 8))
+def test_matches_per_sample_reference(tax: Taxonomy, seed: int, k: int) -> None:
+    batch = 4
+    level_scores = random_scores(tax, batch, seed)
+    paths, scores = beam_search(level_scores, tax, beam_width=k)
+    for b in range(batch):
+        expected = reference_beam(level_scores, tax, b, k)
+        assert paths[b] == [p for _, p in expected]
+        torch.testing.assert_close(scores[b, : len(expected)],
+                                   torch.tensor([s for s, _ in expected], dtype=scores.dtype))
+
+
+def test_chunked_batch_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dhnn.decoding as decoding
+
+    tax = Taxonomy.from_paths([["L"], ["A", "C"], ["A", "D"], ["B", "E", "X"], ["B", "E", "Y"]])
+    level_scores = random_scores(tax, 11, seed=3)
+    whole = beam_search_indices(level_scores, tax, 3)
+    monkeypatch.setattr(decoding, "_CHUNK", 4)
+    chunked = beam_search_indices(level_scores, tax, 3)
+    assert torch.equal(whole[0], chunked[0])
+    assert torch.equal(whole[1], chunked[1])
+
+
+def test_scores_stay_differentiable() -> None:
+    tax = Taxonomy.from_paths([["L"], ["A", "C"], ["A", "D"], ["B", "E"]])
+    logits = [torch.randn(3, n, dtype=torch.float64, requires_grad=True) for n in tax.level_sizes]
+    probs = [x.softmax(dim=1) for x in logits]
+    indices, scores = beam_search_indices(probs, tax, 5)  # 5 > 4 leaves: an empty slot too
+    with torch.no_grad():
+        plain = beam_search_indices(probs, tax, 5)
+    assert torch.equal(indices, plain[0])
+    torch.testing.assert_close(scores, plain[1], rtol=1e-12, atol=0)
+    assert scores.requires_grad and scores[:, 4].abs().sum() == 0
+    scores[:, 0].sum().backward()
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in logits)

@@ -19,13 +19,10 @@ from ..data.base import Splits, make_loader
 from ..data.registry import dataset_taxonomy, get_source
 from ..evaluation.inference import select_device
 from ..io import atomic_write_json, atomic_write_text
-from ..models.registry import conversion_summary, count_parameters, create_model
 from ..params import Params, load_params
 from ..paths import resolve, run_name
 from ..tasks import get_task
 from ..taxonomy import Taxonomy
-from ..training.checkpoint import CheckpointError, check_run, fingerprint, load_checkpoint
-from ..training.loop import fit, seed_everything, summarize_history
 
 DEMO_PARAMS = "configs/demo.yaml"
 DEMO_RESULTS = "results/demo"
@@ -164,6 +161,10 @@ class TrainRun:
 
 def prepare_training(params: Params, variant: str, seed: int, taxonomy_file: str | Path) -> TrainRun:
     """Seed everything, read the tree and the data, and build the variant's model."""
+    # models and training import timm and torchvision: only the stages that build models pay for them
+    from ..models.registry import conversion_summary, count_parameters, create_model
+    from ..training.loop import seed_everything
+
     seed_everything(seed)
     tree = check_tree(params, variant, Taxonomy.load(resolve(taxonomy_file)))
     cfg, data = params.variant(variant), params.section("data")
@@ -178,6 +179,9 @@ def prepare_training(params: Params, variant: str, seed: int, taxonomy_file: str
 def train(run: TrainRun, params: Params, out_dir: str | Path) -> pd.DataFrame:
     """Train ``run``, resuming from its last finished epoch if it was interrupted; the history per epoch."""
     from dvclive import Live  # dvclive imports a good part of dvc: only the train stage needs it
+
+    from ..training.checkpoint import fingerprint
+    from ..training.loop import fit, summarize_history
 
     out, t, rt = resolve(out_dir), params.train, params.runtime
     train_loader = make_loader(run.splits.train, t.batch_size, shuffle=True, seed=run.seed, num_workers=rt.num_workers)
@@ -213,6 +217,9 @@ class Trained:
 
 def load_trained(params: Params, variant: str, seed: int, checkpoint: str | Path) -> Trained:
     """Rebuild a run's model from its checkpoint, refusing one of another run or other settings."""
+    from ..models.registry import create_model
+    from ..training.checkpoint import CheckpointError, check_run, load_checkpoint
+
     path = resolve(checkpoint)
     state = load_checkpoint(path)
     check_run(state, path, variant, seed)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import random
@@ -30,9 +31,13 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> None:
-    """torch.save ``state`` (tensors and plain data) atomically."""
+    """torch.save ``state`` (tensors and plain data) atomically; equal states give equal bytes."""
+    # torch names the archive inside the file after the file it writes to: saving through a buffer
+    # keeps the temp file's random name out, so DVC sees an unchanged model as unchanged
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
