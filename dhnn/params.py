@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator, model_validator)
+                      PrivateAttr, ValidationError, field_validator, model_validator)
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"  # variant names become folder names
 
@@ -274,6 +274,12 @@ class Params(Strict):
     grid: GridParams
     variants: dict[Annotated[str, Field(pattern=NAME)], Variant]
     blocks: dict[str, Any] = {}  # YAML anchors the variants share; read by nothing else
+    _source: str = PrivateAttr(default="params")
+
+    @property
+    def source(self) -> str:
+        """The file these params were read from, for error messages."""
+        return self._source
 
     @model_validator(mode="after")
     def _grid_in_variants(self) -> "Params":
@@ -298,13 +304,14 @@ class Params(Strict):
 def _where(loc: tuple, raw: Any) -> str:
     """A dotted key path from a pydantic error location, without the union tags pydantic inserts."""
     parts, node = [], raw
-    for item in loc:
-        if isinstance(node, dict) and item not in node and item in (node.get("name"), node.get("kind")):
-            continue  # the discriminator's tag, not a key of the file
+    for i, item in enumerate(loc):
+        if isinstance(node, dict) and item in (node.get("name"), node.get("kind")) and (
+                i + 1 == len(loc) or loc[i + 1] in node or item not in node):
+            continue  # the discriminator's tag (a variant of kind rnn also has a key rnn)
         parts.append(str(item))
         node = node.get(item) if isinstance(node, dict) else node[item] if (
             isinstance(node, list) and isinstance(item, int) and item < len(node)) else None
-    return ".".join(parts) or "(top level)"
+    return ".".join(parts)
 
 
 def _explain(err: ValidationError, raw: Any, where: str) -> ParamsError:
@@ -315,7 +322,8 @@ def _explain(err: ValidationError, raw: Any, where: str) -> ParamsError:
             msg = "required key is missing"
         elif e["type"] == "union_tag_invalid":
             msg = f"unknown {e['ctx']['discriminator'].strip(chr(39))} {e['ctx']['tag']!r}; expected one of {e['ctx']['expected_tags']}"
-        lines.append(f"{where}: {_where(e['loc'], raw)}: {msg}")
+        key = _where(e["loc"], raw)
+        lines.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")
     return ParamsError("\n".join(dict.fromkeys(lines)))
 
 
@@ -327,9 +335,11 @@ def validate(raw: Any, where: str = "params") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{where}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         raise _explain(err, raw, where) from None
+    params._source = where
+    return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -262,22 +262,17 @@ CASES = [
          E["params"], "params.yaml: train.epochs: Input should be greater than 0"),
     Case("params-grid-variant", "params: `grid.variants` names a variant that `variants` does not define",
          bad_params(grid__variants=["RNN-Pool-Resi", "RNN-Pool-Res"]), E["params"],
-         "params.yaml: grid.variants: 'RNN-Pool-Res' is not defined under variants; did you mean 'RNN-Pool-Resi'?",
-         xfail="the key is preceded by a stray location: 'params.yaml: (top level): grid.variants: …'"),
+         "params.yaml: grid.variants: 'RNN-Pool-Res' is not defined under variants; did you mean 'RNN-Pool-Resi'?"),
     Case("params-seed-twice", "params: a seed listed twice, `grid.seeds: [0, 0]`", bad_params(grid__seeds=[0, 0]),
          E["params"], "params.yaml: grid.seeds: listed twice: [0]"),
     Case("params-beam-width", "params: `infer.beam_width: 0`", bad_params(infer__beam_width=0),
          E["params"], "params.yaml: infer.beam_width: Input should be greater than 0"),
     Case("params-level-weights", "params: `train.level_weights` of length 2 for a 3-level taxonomy",
          level_weights_vs_tree, ValueError,
-         "params.yaml: train.level_weights: 2 weights, but the taxonomy… has 3 levels",
-         xfail="check_tree's message names the key but not the params file: "
-               "'train.level_weights: 2 weights, but the taxonomy has 3 levels …'"),
+         "params.yaml: train.level_weights: 2 weights, but the taxonomy has 3 levels (one weight w_t per level)"),
     Case("params-conversion-kind", "params: an unknown conversion kind, `conversion: {kind: pooll}`",
          bad_params(**{"variants__RNN-Pool-Resi__conversion__kind": "pooll"}), E["params"],
-         "params.yaml: variants.RNN-Pool-Resi.conversion: unknown kind 'pooll'; expected one of 'pool', …",
-         xfail="the key path is wrong for a variant with an rnn: section: "
-               "'variants.RNN-Pool-Resi.rnn.conversion' (the union tag 'rnn' is kept because it is also a key)"),
+         "params.yaml: variants.RNN-Pool-Resi.conversion: unknown kind 'pooll'; expected one of 'pool', …"),
     Case("params-data-name", "params: an unknown data set, `data.name: imagenet`", bad_params(data__name="imagenet"),
          E["params"], "params.yaml: data: unknown name 'imagenet'; expected one of 'fashion_mnist', …"),
     Case("params-not-yaml", "params: a file that is not YAML (an unclosed `{`)",
@@ -329,11 +324,8 @@ CASES = [
          "rerun `dvc repro` for that run"),
     Case("checkpoint-runs-code", "checkpoint: a pickle that would run code when loaded (`open(…, 'w')`)",
          checkpoint_runs_code, E["checkpoint"],
-         "RNN-Pool-Resi-seed0/model.pt: not a readable dhnn checkpoint (…Unsupported global: GLOBAL io.open…); "
-         "…rerun its train stage",
-         xfail="the message quotes only the first line of torch's error, which has terminal escape codes and "
-               "'This file can still be loaded, to do so you have two options' without the options, and hides "
-               "the line that says what was refused (Unsupported global: GLOBAL io.open)"),
+         "RNN-Pool-Resi-seed0/model.pt: refused: it holds Python objects that loading would run "
+         "(…Unsupported global: GLOBAL io.open…); dhnn checkpoints hold only tensors and plain data"),
     Case("results-metrics-other-run", "results: another run's `metrics.json` in a run's infer folder",
          metrics_of_other_run, ValueError,
          "infer/S2S-Pool-seed0/metrics.json: holds run 'RNN-Pool-Resi' seed 0, but it is the file of 'S2S-Pool' "

@@ -126,12 +126,13 @@ def check_tree(params: Params, variant: str, tree: Taxonomy) -> Taxonomy:
         tree = tree.collapse_chains()
     weights = params.train.level_weights
     sizes = [len(weights)] if isinstance(weights, list) else [len(weights.start), len(weights.end)]
+    which = f"the tree of {variant!r} (single-child chains collapsed)" if cfg.get("collapse_chains") else "the taxonomy"
     if cfg["kind"] != "flat" and any(n != tree.num_levels for n in sizes):
-        raise ValueError(f"train.level_weights: {sizes[0]} weights, but the taxonomy has {tree.num_levels} "
-                         f"levels (one weight w_t per level)")
+        raise ValueError(f"{params.source}: train.level_weights: {sizes[0]} weights, but {which} has "
+                         f"{tree.num_levels} levels (one weight w_t per level)")
     if cfg["kind"] != "flat" and len(cfg["level_layers"]) != tree.num_levels:
-        raise ValueError(f"variants.{variant}.level_layers: {len(cfg['level_layers'])} entries, but the taxonomy "
-                         f"has {tree.num_levels} levels (one list S_t per level)")
+        raise ValueError(f"{params.source}: variants.{variant}.level_layers: {len(cfg['level_layers'])} entries, "
+                         f"but {which} has {tree.num_levels} levels (one list S_t per level)")
     return tree
 
 

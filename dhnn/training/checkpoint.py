@@ -14,6 +14,7 @@ import io
 import json
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"{path}: no checkpoint there; run the train stage first")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except pickle.UnpicklingError as err:  # weights_only refused an object: loading it would run code
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+        refused = next((line for line in lines if "Unsupported" in line), lines[-1] if lines else "")
+        raise CheckpointError(f"{path}: refused: it holds Python objects that loading would run ({refused}); "
+                              f"dhnn checkpoints hold only tensors and plain data") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable dhnn checkpoint ({first}); it may be truncated or "
                               f"not a checkpoint at all; rerun its train stage") from None
