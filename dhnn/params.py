@@ -369,25 +369,15 @@ def settings(model: Any, cfg: dict | None, where: str = "params") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dhnn.params [FILE] [--out FILE]``: check a params file; exit 1 with the reasons when it is wrong."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("file", nargs="?", default="params.yaml")
-    parser.add_argument("--out", help="also write the params with every default filled in, as JSON (the pipeline's "
-                                      "check stage: the other stages read their keys from it)")
-    args = parser.parse_args(argv)
+    """``python -m dhnn.params [FILE]``: check a params file; exit 1 with the reasons when it is wrong."""
+    path = (sys.argv[1:] if argv is None else argv) or ["params.yaml"]
     try:
-        params = load_params(args.file)
+        params = load_params(path[0])
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     runs = len(params.grid.variants) * len(params.grid.seeds)
-    print(f"{args.file}: valid ({len(params.grid.variants)} variants x {len(params.grid.seeds)} seeds = {runs} runs)")
-    if args.out:
-        from .io import atomic_write_json
-
-        atomic_write_json(args.out, params.model_dump(mode="json"))
+    print(f"{path[0]}: valid ({len(params.grid.variants)} variants x {len(params.grid.seeds)} seeds = {runs} runs)")
     return 0
 
 

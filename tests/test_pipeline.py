@@ -98,8 +98,9 @@ def test_repro_writes_the_report(project: Path) -> None:
 
 
 def test_nothing_reruns_when_nothing_changed(project: Path) -> None:
-    assert "up to date" in _dvc(project, "status").stdout
-    assert "Running stage" not in _dvc(project, "repro").stdout
+    assert set(json.loads(_dvc(project, "status", "--json").stdout)) == {"check"}  # always runs, changes nothing
+    ran = _dvc(project, "repro").stdout
+    assert ran.count("Running stage") == 1 and "Running stage 'check'" in ran
 
 
 def test_runtime_knobs_rerun_nothing(project: Path) -> None:
@@ -121,7 +122,7 @@ def test_saving_notebooks_from_jupyter_reruns_no_training(project: Path) -> None
                 cell["outputs"] = []
         nb.write_text(json.dumps(content, indent=1))
     changed = json.loads(_dvc(project, "status", "--json").stdout)
-    assert set(changed) == {"nbcode"}, changed
+    assert set(changed) == {"nbcode", "check"}, changed
     ran = _dvc(project, "repro").stdout
     assert "Running stage 'nbcode'" in ran and "Running stage 'train" not in ran and "Running stage 'infer" not in ran
 
@@ -152,10 +153,25 @@ def test_a_params_typo_stops_repro_in_seconds(project: Path) -> None:
     assert "params.yaml: unknown key 'trian'; did you mean 'train'?" in result.stderr + result.stdout
     assert seconds < 20, seconds
     assert "Running stage 'taxonomy'" not in result.stdout
-    after = sorted(p.relative_to(project) for p in (project / "results").rglob("*") if p.name != "params.json")
-    assert after == [p for p in before if p.name != "params.json"]
+    after = sorted(p.relative_to(project) for p in (project / "results").rglob("*") if "check" not in p.parts)
+    assert after == [p for p in before if "check" not in p.parts]
     healed = _dvc(project, "repro").stdout  # the fixed file: only the check reruns, and changes nothing
     assert "Running stage 'check'" in healed and "Running stage 'taxonomy'" not in healed
+
+
+def test_a_damaged_data_file_stops_repro_and_is_never_recorded(tmp_path: Path) -> None:
+    damaged = copy_project(tmp_path / "damaged", tiny_params(), real_data=False)
+    shutil.copytree(ROOT / "data" / "FashionMNIST", damaged / "data" / "FashionMNIST")
+    shutil.copy(ROOT / "data.dvc", damaged / "data.dvc")
+    _dvc(damaged, "commit", "-f", "-q", "data.dvc")
+    recorded = (damaged / "data.dvc").read_text()
+    images = damaged / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1_000_000])
+    result = _dvc(damaged, "repro", check=False)
+    assert result.returncode != 0
+    assert "train-images-idx3-ubyte: 1,000,000 bytes, expected 47,040,016" in result.stderr + result.stdout
+    assert (damaged / "data.dvc").read_text() == recorded  # the official hash stays
+    assert "Running stage 'taxonomy'" not in result.stdout
 
 
 def test_metrics_and_plots_are_visible_to_dvc(project: Path) -> None:

@@ -138,3 +138,19 @@ def file_md5(path: str | Path) -> str:
 def data_settings(cfg: dict) -> dict:
     """The ``data`` section checked against the schema, with its defaults (dhnn.params) filled in."""
     return settings(DataParams, cfg, "data")
+
+
+def folder_fingerprint(root: str | Path) -> dict[str, str]:
+    """A cheap fingerprint of every file under ``root``: relative path -> "size:mtime" (no reading).
+
+    What the pipeline depends on for data sets too large to hash on every run: replacing, adding or
+    touching a file changes it.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such data folder")
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        st = path.stat()
+        out[str(path.relative_to(root))] = f"{st.st_size}:{st.st_mtime_ns}"
+    return out

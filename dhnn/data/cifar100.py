@@ -15,7 +15,8 @@ from torchvision.datasets import CIFAR100
 
 from ..paths import resolve
 from ..taxonomy import Taxonomy
-from .base import HierarchicalTensorDataset, ImageSet, Splits, class_targets, data_settings, split_indices, subsample
+from .base import (HierarchicalTensorDataset, ImageSet, Splits, class_targets,
+                   data_settings, folder_fingerprint, split_indices, subsample)
 from .images import ArrayImageDataset, build_transforms, transform_settings
 
 # CIFAR-100 training-set channel statistics on the 0-1 scale.
@@ -109,10 +110,11 @@ def taxonomy(data_cfg: dict, taxonomy_cfg: dict) -> Taxonomy:
     return cifar100_taxonomy(_cifar_root(data_cfg))
 
 
-def check(cfg: dict) -> None:
-    """The official files are there."""
+def check(cfg: dict) -> dict[str, str]:
+    """The official files are there; return a fingerprint of them."""
     cfg = data_settings(cfg)
     classes(cfg)
+    return folder_fingerprint(resolve(cfg["root"]) / CIFAR_FOLDER)
 
 
 def splits(cfg: dict, tree: Taxonomy) -> Splits:

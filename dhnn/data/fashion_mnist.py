@@ -17,7 +17,8 @@ import torch
 
 from ..paths import resolve
 from ..taxonomy import Taxonomy
-from .base import HierarchicalTensorDataset, ImageSet, Splits, class_targets, data_settings, file_md5, split_indices, subsample
+from .base import (HierarchicalTensorDataset, ImageSet, Splits, class_targets,
+                   data_settings, file_md5, split_indices, subsample)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -139,10 +140,11 @@ def taxonomy(data_cfg: dict, taxonomy_cfg: dict) -> Taxonomy:
     return load_taxonomy_file(resolve(taxonomy_cfg["source"]), taxonomy_cfg.get("format", "auto"))
 
 
-def check(cfg: dict) -> None:
-    """Verify the files before long work starts."""
+def check(cfg: dict) -> dict[str, str]:
+    """Verify the files (size, header, MD5) before long work starts; return file -> MD5."""
     cfg = data_settings(cfg)
     verify(resolve(cfg["root"]))
+    return dict(RAW_MD5)
 
 
 def splits(cfg: dict, tree: Taxonomy) -> Splits:

@@ -22,7 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, is_image_file
 from ..paths import resolve
 from ..taxonomy import Taxonomy
 from ..taxonomy.files import load_taxonomy_file
-from .base import Splits, class_targets, data_settings, split_indices, subsample
+from .base import Splits, class_targets, data_settings, folder_fingerprint, split_indices, subsample
 from .images import ItemDataset, build_transforms, check_images, transform_settings
 
 INAT_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
@@ -153,10 +153,11 @@ def taxonomy(data_cfg: dict, taxonomy_cfg: dict) -> Taxonomy:
     return tree
 
 
-def check(cfg: dict) -> None:
-    """The class folders exist and none is empty."""
+def check(cfg: dict) -> dict[str, str]:
+    """The class folders exist and none is empty; return a fingerprint of the files."""
     cfg = data_settings(cfg)
     scan_folder(_train_folder(resolve(cfg["root"]), cfg))
+    return folder_fingerprint(resolve(cfg["root"]))
 
 
 def _split_samples(cfg: dict, root: Path) -> dict[str, list[tuple[str, str]]]:

@@ -20,7 +20,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from ..paths import resolve
 from ..taxonomy import Taxonomy
-from .base import Splits, data_settings, split_indices, subsample
+from .base import Splits, data_settings, folder_fingerprint, split_indices, subsample
 from .images import build_transforms, transform_settings
 from .open_images_tree import (OpenImagesTree, count_images, multi_hot, prune_by_count, read_image_labels,
                                read_open_images_hierarchy, remap_labels)
@@ -180,10 +180,11 @@ def taxonomy(data_cfg: dict, taxonomy_cfg: dict) -> Taxonomy:
     return open_images_tree(data_cfg).taxonomy
 
 
-def check(cfg: dict) -> None:
-    """The hierarchy and label files are readable."""
+def check(cfg: dict) -> dict[str, str]:
+    """The hierarchy and label files are readable; return a fingerprint of the data folder."""
     cfg = data_settings(cfg)
     open_images_tree(cfg)
+    return folder_fingerprint(resolve(cfg["root"]))
 
 
 def splits(cfg: dict, tree: Taxonomy) -> Splits:

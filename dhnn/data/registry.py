@@ -5,7 +5,8 @@ used (the image-folder readers pull in PIL and torchvision's transforms):
 
 - ``classes(data) -> list[str]``: the class names, in label order, without reading images;
 - ``taxonomy(data, taxonomy) -> Taxonomy``: the class tree, read from a file or built from the data;
-- ``check(data) -> None``: a quick check of the files (sizes, checksums, folders) before long work;
+- ``check(data) -> dict``: a quick check of the files (sizes, checksums, folders) before long work,
+  returning a manifest (file -> checksum or fingerprint) that the pipeline's stages depend on;
 - ``splits(data, tree) -> Splits``: train, validation and test sets.
 
 ``task`` says what a label is: ``paths`` (one root path per image) or ``node_sets`` (any set of
@@ -40,9 +41,9 @@ class Source:
         """The class tree."""
         return self._impl().taxonomy(data, taxonomy)
 
-    def check(self, data: dict) -> None:
-        """A quick check of the files, raising an error that names the file."""
-        self._impl().check(data)
+    def check(self, data: dict) -> dict[str, str]:
+        """A quick check of the files, raising an error that names the file; the files' manifest."""
+        return self._impl().check(data)
 
     def splits(self, data: dict, tree: Taxonomy) -> Splits:
         """Train, validation and test sets."""
