@@ -171,3 +171,36 @@ def test_atomic_write_json(tmp_path: Path) -> None:
     assert list(json.loads(text)) == ["z", "a", "p"]  # insertion order, not sorted
     assert json.loads(text)["a"] == [1, 2]
     assert text.startswith('{\n  "z": 0.5')
+
+
+def _predictions(folder: Path, true: list[str], pred: list[str], scores: list[float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"test_index": range(len(true)), "true path": true, "predicted path": pred, "score": scores}
+                 ).to_csv(folder / "predictions.csv", index=False)
+
+
+def test_evidence_compares_variants_on_the_same_images(tmp_path: Path) -> None:
+    from dhnn.report import evidence
+
+    true = ["a / x", "a / y", "b / z", "b / w"] * 50
+    for seed in (0, 1):
+        _predictions(tmp_path / "infer" / f"Flat-seed{seed}", true, ["a / x", "a / x", "b / z", "a / x"] * 50,
+                     [0.9, 0.6, 0.8, 0.3] * 50)
+        _predictions(tmp_path / "infer" / f"RNN-seed{seed}", true, true, [0.95] * 200)
+    images = evidence.per_image(tmp_path, ["Flat", "RNN"], [0, 1])
+    assert len(images) == 800 and images.groupby("variant")["path_accuracy"].mean().to_dict() == {"Flat": 0.5, "RNN": 1.0}
+    assert images[images.variant == "Flat"]["node_accuracy"].mean() == pytest.approx((1 + 0.5 + 1 + 0) / 4)
+    compared = evidence.comparisons(images, evidence.default_pairs(["Flat", "RNN"]))
+    row = compared[compared.metric == "path_accuracy"].iloc[0]
+    assert (row.variant, row.baseline) == ("RNN", "Flat") and row.difference == pytest.approx(50.0)
+    assert row.ci_low > 0 and row.verdict.endswith("better")
+    metrics = evidence.hierarchical_metrics(images).set_index("variant")
+    assert metrics.loc["RNN", "hF1"].startswith("100.00") and metrics.loc["Flat", "severity"].startswith("1.500")
+
+
+def test_default_pairs_cover_the_baseline_and_the_residual_arc() -> None:
+    from dhnn.report.evidence import default_pairs
+
+    assert default_pairs(["Flat", "RNN-Pool", "RNN-Pool-Resi"]) == [
+        ("RNN-Pool", "Flat"), ("RNN-Pool-Resi", "Flat"), ("RNN-Pool-Resi", "RNN-Pool")]
+    assert default_pairs(["RNN-Pool-Resi"]) == []

@@ -53,6 +53,22 @@ class FlatClassifier(nn.Module):
         return F.cross_entropy(logits.float(), self.leaf_targets(paths))
 
     @torch.no_grad()
+    def top_paths(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k most probable leaves, mapped to their paths: (indices [B, k, T], probabilities [B, k])."""
+        if self.multilabel:
+            raise ValueError("a multi-label model predicts node scores (node_scores), not single paths")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        probs = logits.float().softmax(-1)
+        batch, found = probs.shape[0], min(k, probs.shape[1])
+        p, leaf = probs.topk(found, dim=1)
+        paths = leaf_to_paths(leaf.reshape(-1), self.taxonomy).view(batch, found, -1)
+        if found < k:  # fewer leaves than asked for: empty slots, as the beam search pads them
+            paths = torch.cat([paths, paths.new_full((batch, k - found, paths.shape[2]), IGNORE_INDEX)], 1)
+            p = torch.cat([p, p.new_zeros(batch, k - found)], 1)
+        return paths, p
+
+    @torch.no_grad()
     def predict(self, logits: torch.Tensor, beam_width: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """The most probable leaf, mapped to its path: (indices [B, T], scores [B])."""
         p, leaf = logits.float().softmax(-1).max(-1)

@@ -115,12 +115,17 @@ class DHNN(nn.Module):
         return total
 
     @torch.no_grad()
-    def predict(self, logits: torch.Tensor, beam_width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best path per sample by tree-constrained beam search: (indices [B, T], scores [B])."""
+    def top_paths(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best paths by tree-constrained beam search of width k: (indices [B, k, T], scores [B, k])."""
         if self.multilabel:
             raise ValueError("a multi-label model predicts node scores (node_scores), not single paths")
         probs = [lp.exp() for lp in self.level_log_probs(logits)]
-        indices, scores = beam_search_indices(probs, self.taxonomy, beam_width)
+        return beam_search_indices(probs, self.taxonomy, k)
+
+    @torch.no_grad()
+    def predict(self, logits: torch.Tensor, beam_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best path per sample by tree-constrained beam search: (indices [B, T], scores [B])."""
+        indices, scores = self.top_paths(logits, beam_width)
         return indices[:, 0], scores[:, 0]
 
 

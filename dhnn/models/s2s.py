@@ -231,6 +231,11 @@ class CNNS2S(nn.Module):
         return indices, torch.where(found, score.exp(), 0.0)
 
     @torch.no_grad()
+    def top_paths(self, outputs: S2SOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best tree paths by beam search of width k: (indices [B, k, T], probabilities [B, k])."""
+        return self.decode_beams(outputs, k)
+
+    @torch.no_grad()
     def predict(self, outputs: S2SOutputs, beam_width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Best tree path per sample: (indices [B, T], scores [B])."""
         indices, scores = self.decode_beams(outputs, beam_width)

@@ -3,7 +3,8 @@
 Imports are read from the source (every ``import`` statement, also inside functions), plus module
 names written as strings (the registries import their data sources lazily by name). Importing a
 module runs its packages' ``__init__`` files too, so they count. ``python -m dhnn.pipeline.deps``
-prints each stage's list; ``tests/test_deps.py`` fails when dvc.yaml differs from it.
+prints each stage's list and ``--write`` puts them into dvc.yaml; ``tests/test_deps.py`` fails when
+dvc.yaml differs from them.
 """
 from __future__ import annotations
 
@@ -86,13 +87,36 @@ def stage_files(notebook: str | Path) -> list[str]:
     return sorted(str(module_file(m).relative_to(PACKAGE.parent)) for m in notebook_modules(notebook))
 
 
-def main() -> None:
-    """Print every stage's dhnn dependencies."""
+def rewrite(dvc_yaml: str) -> str:
+    """``dvc_yaml`` with each notebook stage's ``- dhnn/...`` lines replaced by the computed list."""
+    root, out, stage, pending = PACKAGE.parent, [], None, []
+    for line in dvc_yaml.splitlines(keepends=True):
+        if re.match(r"^  [A-Za-z_]+:\s*$", line):
+            stage = line.strip().rstrip(":")
+            pending = stage_files(root / "notebooks" / f"{STAGES[stage]}.ipynb") if stage in STAGES else []
+        if stage in STAGES and re.match(r"^\s+- dhnn/", line):
+            indent = line[: line.index("-")]
+            out.extend(f"{indent}- {f}\n" for f in pending)  # the whole list at the first old line
+            pending = []
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print every stage's dhnn dependencies, or with --write update dvc.yaml's lists in place."""
+    args = sys.argv[1:] if argv is None else argv
     root = PACKAGE.parent
+    if args == ["--write"]:
+        path = root / "dvc.yaml"
+        path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"updated {path}")
+        return 0
     for stage, nb in STAGES.items():
         print(f"{stage}:")
         for f in stage_files(root / "notebooks" / f"{nb}.ipynb"):
             print(f"  - {f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from ..console import say
 from ..evaluation.inference import autocast
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import Dist, all_reduce_mean, broadcast_object, gather_objects, wrap
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -61,11 +62,12 @@ def level_weights_at(weights: Sequence[float] | dict, epoch: int, epochs: int) -
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
                     level_weights: Sequence[float], epoch: int, amp: bool = True,
-                    freeze_backbone: bool = False) -> dict:
+                    freeze_backbone: bool = False, net: nn.Module | None = None) -> dict:
     """One pass over ``loader``; returns the mean loss, the step count and the wall time.
 
-    A loss that is NaN or infinite stops the run at once (FloatingPointError): the checkpoints of
-    the epochs before stay as they were.
+    ``net`` runs the forward pass when given: ``model`` wrapped in DistributedDataParallel, which
+    averages the gradients across processes. A loss that is NaN or infinite stops the run at once
+    (FloatingPointError): the checkpoints of the epochs before stay as they were.
     """
     model.train()
     set_backbone_frozen(model, freeze_backbone)
@@ -76,7 +78,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         paths = paths.to(device, non_blocking=True)
         with autocast(device, amp):
-            outputs = model(images, paths)
+            outputs = (model if net is None else net)(images, paths)
         loss = model.loss(outputs, paths, level_weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}, step {step}: the training loss is {loss.item()}; stopping "
@@ -118,7 +120,8 @@ def summarize_history(history: list[dict], select: str) -> dict:
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, task, epochs: int, lr: float,
         weight_decay: float, level_weights: Sequence[float] | dict, beam_width: int, device: torch.device,
         out_dir: str | Path, run_info: dict, fingerprint: str, live=None, amp: bool = True, progress: bool = True,
-        alt: dict | None = None, optimizer: str = "adamw", schedule: str = "onecycle") -> list[dict]:
+        alt: dict | None = None, optimizer: str = "adamw", schedule: str = "onecycle",
+        dist: Dist | None = None) -> list[dict]:
     """Train for ``epochs``, validate each epoch, keep the best epoch's weights in ``out_dir/model.pt``.
 
     ``task`` (dhnn.tasks) scores validation and names the selection metric. ``run_info`` (variant,
@@ -127,27 +130,46 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
     resumes after its epoch and, on CPU, reaches exactly the numbers of an uninterrupted run.
     ``live`` is an optional dvclive ``Live`` that receives the per-epoch metrics. Returns one dict
     per epoch (train loss, validation metrics, seconds, phase).
+
+    ``dist`` (dhnn.training.distributed) trains data-parallel: one process per rank under torchrun,
+    each with its share of every batch (``train_loader`` from ``distributed_loader``). The model is
+    wrapped in DistributedDataParallel, the sampler is told the epoch, the loss shown is the mean
+    over the processes, and rank 0 alone evaluates (on ``val_loader``, the whole validation set) and
+    sends its metrics to the others, writes ``model.pt`` and ``last.pt``, logs to ``live`` and prints.
+    Every rank resumes from rank 0's ``last.pt``, which also holds every rank's random-number
+    states. ``dist=None`` is one plain process.
     """
     out_dir = Path(out_dir)
     best_file, last_file = out_dir / "model.pt", out_dir / "last.pt"
+    main = dist is None or dist.is_main
     # channels-last convolutions run about a quarter faster on CPU (oneDNN) and suit tensor cores on GPU
     model.to(device, memory_format=torch.channels_last)
     opt, scheduler = make_optimizer(model, lr, weight_decay, epochs, len(train_loader), optimizer, schedule)
     history, best, best_state, start = [], -math.inf, None, 0
-    resumed = _resume(last_file, fingerprint, model, opt, scheduler, train_loader)
+    resumed = _resume(last_file, fingerprint, model, opt, scheduler, train_loader, dist)
     if resumed is not None:
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
         start = resumed["epoch"] + 1
-        save_checkpoint(best_file, **best_state)  # dvc removed the stage's outputs before rerunning it
-        say(f"{out_dir.name}: resuming after epoch {resumed['epoch']} from {last_file}")
-        for row in history:
-            _log(live, row)
+        if main:
+            save_checkpoint(best_file, **best_state)  # dvc removed the stage's outputs before rerunning it
+            say(f"{out_dir.name}: resuming after epoch {resumed['epoch']} from {last_file}")
+            for row in history:
+                _log(live, row)
+    # DDP: a frozen CNN (the alternating schedule's head phase) leaves its parameters without gradients
+    net = wrap(model, dist, find_unused_parameters=any(alt_phase(e, alt) == "head" for e in range(epochs)))
+    sampler = train_loader.sampler if dist is not None else None
     for epoch in range(start, epochs):
         phase = alt_phase(epoch, alt)
         weights = level_weights_at(level_weights, epoch, epochs)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         stats = train_one_epoch(model, train_loader, opt, scheduler, device, weights, epoch, amp,
-                                freeze_backbone=phase == "head")
-        val = task.evaluate(model, val_loader, device, beam_width, amp)
+                                freeze_backbone=phase == "head", net=net if net is not model else None)
+        if dist is not None:
+            stats["loss"] = all_reduce_mean(stats["loss"], dist)  # every rank has as many samples
+            val = broadcast_object(task.evaluate(model, val_loader, device, beam_width, amp) if main else None, dist)
+        else:
+            val = task.evaluate(model, val_loader, device, beam_width, amp)
         row = {"epoch": epoch, "train/loss": stats["loss"],
                **{f"val/{k}": v for k, v in val.items() if not isinstance(v, list)},
                "seconds": stats["seconds"], "seconds_per_step": stats["seconds"] / max(stats["steps"], 1),
@@ -156,23 +178,37 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
         _log(live, row)
         if val[task.select] > best:
             best = val[task.select]
-            best_state = {"model": model.state_dict(), "epoch": epoch, "val": val, **run_info}
-            save_checkpoint(best_file, **best_state)
-        save_checkpoint(last_file, model=model.state_dict(), optimizer=opt.state_dict(),
-                        scheduler=scheduler.state_dict() if scheduler is not None else None,
-                        rng=rng_state(), loader_rng=train_loader.generator.get_state(), epoch=epoch,
-                        history=history, best=best, best_state=best_state, fingerprint=fingerprint)
-        if progress:
+            if main:
+                # a copy: the state dict's tensors share memory with the weights, which train on
+                best_state = {"model": _copy(model.state_dict()), "epoch": epoch, "val": val, **run_info}
+                save_checkpoint(best_file, **best_state)
+        if dist is not None:  # every rank's random-number states, so that each rank resumes its own streams
+            ranks = gather_objects({"rng": rng_state(), "loader_rng": _generator_state(train_loader)}, dist)
+        if main:
+            extra = {"ranks": ranks, "world_size": dist.world_size} if dist is not None else {}
+            save_checkpoint(last_file, model=model.state_dict(), optimizer=opt.state_dict(),
+                            scheduler=scheduler.state_dict() if scheduler is not None else None,
+                            rng=rng_state(), loader_rng=_generator_state(train_loader), epoch=epoch,
+                            history=history, best=best, best_state=best_state, fingerprint=fingerprint, **extra)
+        if progress and main:
             say(f"{out_dir.name}: epoch {epoch + 1}/{epochs}  loss {stats['loss']:.4f}  "
                 f"val {task.select} {val[task.select]:.4f}  {stats['seconds']:.1f} s")
     set_backbone_frozen(model, False)
-    last_file.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    if main:
+        last_file.unlink(missing_ok=True)  # the run is complete: nothing left to resume
     return history
 
 
-def _resume(last_file: Path, fingerprint: str, model: nn.Module, opt: torch.optim.Optimizer,
-            scheduler, train_loader: DataLoader) -> dict | None:
-    """Restore the state of ``last_file`` if it belongs to this run (same fingerprint); else None."""
+def _copy(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _generator_state(loader: DataLoader) -> torch.Tensor | None:
+    return loader.generator.get_state() if loader.generator is not None else None
+
+
+def _read_last(last_file: Path, fingerprint: str) -> dict | None:
+    """The state in ``last_file`` if it belongs to this run (same fingerprint); else None."""
     if not last_file.is_file():
         return None
     try:
@@ -183,12 +219,35 @@ def _resume(last_file: Path, fingerprint: str, model: nn.Module, opt: torch.opti
     if state.get("fingerprint") != fingerprint:
         say(f"{last_file}: left by a run with other settings or code; starting from epoch 0")
         return None
+    return state
+
+
+def _resume(last_file: Path, fingerprint: str, model: nn.Module, opt: torch.optim.Optimizer,
+            scheduler, train_loader: DataLoader, dist: Dist | None = None) -> dict | None:
+    """Restore the state of ``last_file`` if it belongs to this run (same fingerprint); else None.
+
+    With ``dist``, rank 0 reads the file and sends it to the others (which need not see the file),
+    and each rank restores its own random-number states.
+    """
+    if dist is None:
+        state = _read_last(last_file, fingerprint)
+    else:
+        state = broadcast_object(_read_last(last_file, fingerprint) if dist.is_main else None, dist)
+    if state is None:
+        return None
+    if dist is not None and state.get("world_size", 1) != dist.world_size:
+        if dist.is_main:  # cannot happen through the stage: the fingerprint holds the number of processes
+            say(f"{last_file}: left by a run of {state.get('world_size', 1)} processes, not {dist.world_size}; "
+                f"starting from epoch 0")
+        return None
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    train_loader.generator.set_state(state["loader_rng"])
+    own = state["ranks"][dist.rank] if dist is not None and "ranks" in state else state
+    set_rng_state(own["rng"])
+    if own["loader_rng"] is not None and train_loader.generator is not None:
+        train_loader.generator.set_state(own["loader_rng"])
     return state
 
 

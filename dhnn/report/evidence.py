@@ -1,0 +1,92 @@
+"""Evidence behind the report's sentences: per-image scores, paired bootstrap comparisons with a
+baseline, and hierarchical metrics beyond path accuracy (single-label runs).
+
+Every run's ``predictions.csv`` (from the infer stage) holds, per test image, the true path, the
+predicted path and its probability. The functions here read those files once into one long table
+and derive everything from it, so the comparisons and the metrics agree by construction.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation.bootstrap import compare_to_baseline, describe_difference
+from ..evaluation.hierarchical import expected_calibration_error, hierarchical_prf, mistake_severity
+from .tables import run_dirs
+
+SEPARATOR = " / "
+PER_IMAGE_METRICS = ("path_accuracy", "node_accuracy")
+
+
+def _node_accuracy(true: list[str], pred: list[str]) -> float:
+    """The fraction of the true path's levels that the prediction gets right."""
+    return sum(t == p for t, p in zip(true, pred)) / len(true)
+
+
+def per_image(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
+    """One row per (variant, seed, test image): path and node correctness, the path's probability, both paths."""
+    frames = []
+    for variant in variants:
+        for seed in seeds:
+            path = run_dirs(results_dir, variant, seed)[1] / "predictions.csv"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no predictions; did the infer stage run?")
+            df = pd.read_csv(path, keep_default_na=False)
+            missing = {"test_index", "true path", "predicted path", "score"} - set(df.columns)
+            if missing:
+                raise ValueError(f"{path}: missing columns {sorted(missing)}")
+            true = [p.split(SEPARATOR) for p in df["true path"]]
+            pred = [p.split(SEPARATOR) if p else [] for p in df["predicted path"]]
+            frames.append(pd.DataFrame({
+                "variant": variant, "seed": seed, "image": df["test_index"].to_numpy(),
+                "path_accuracy": [float(t == p) for t, p in zip(true, pred)],
+                "node_accuracy": [_node_accuracy(t, p) for t, p in zip(true, pred)],
+                "score": df["score"].to_numpy(dtype=float), "true": true, "pred": pred}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def comparisons(images: pd.DataFrame, pairs: Sequence[tuple[str, str]], n_boot: int = 2000,
+                seed: int = 0) -> pd.DataFrame:
+    """95% paired bootstrap intervals (images and seeds resampled) of variant minus baseline, in points.
+
+    ``pairs`` lists (variant, baseline); each row: variant, baseline, metric, difference, ci_low,
+    ci_high, and the sentence the report may say about it.
+    """
+    rows = []
+    for variant, baseline in pairs:
+        both = images[images["variant"].isin([variant, baseline])]
+        table = compare_to_baseline(both, baseline, list(PER_IMAGE_METRICS), n_boot=n_boot, seed=seed)
+        rows.append(table[table["variant"] == variant])
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["variant", "baseline", "metric", "difference", "ci_low", "ci_high"])
+    out["verdict"] = [describe_difference(row) for _, row in out.iterrows()]
+    return out
+
+
+def default_pairs(variants: Sequence[str], baseline: str = "Flat") -> list[tuple[str, str]]:
+    """Each variant against the flat baseline, and the residual arc (X-Resi against X) where both ran."""
+    pairs = [(v, baseline) for v in variants if v != baseline] if baseline in variants else []
+    pairs += [(v, v.removesuffix("-Resi")) for v in variants if v.endswith("-Resi") and v.removesuffix("-Resi") in variants]
+    return pairs
+
+
+def hierarchical_metrics(images: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, mean (sd) over seeds: hierarchical precision/recall/F1, mistake severity, and the
+    expected calibration error of the path probability, all in percent except severity (levels)."""
+    rows = []
+    for (variant, seed), run in images.groupby(["variant", "seed"], sort=False):
+        hp, hr, hf = hierarchical_prf(list(run["true"]), list(run["pred"]))
+        rows.append({"variant": variant, "seed": seed, "hP": 100 * hp, "hR": 100 * hr, "hF1": 100 * hf,
+                     "severity": mistake_severity(list(run["true"]), list(run["pred"])),
+                     "ECE": 100 * expected_calibration_error(run["score"].clip(0, 1), run["path_accuracy"])})
+    runs = pd.DataFrame(rows)
+    stats = runs.drop(columns="seed").groupby("variant", sort=False).agg(["mean", "std"])
+    out = pd.DataFrame({"variant": stats.index})
+    for metric in ("hP", "hR", "hF1", "severity", "ECE"):
+        digits = 3 if metric == "severity" else 2
+        out[metric] = [f"{m:.{digits}f}" + ("" if np.isnan(s) else f" ({s:.{digits}f})")
+                       for m, s in zip(stats[(metric, "mean")], stats[(metric, "std")])]
+    return out
