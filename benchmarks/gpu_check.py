@@ -16,8 +16,9 @@
 
 Modes: ``gpu`` (CUDA present and no --tiny): ResNet-50 at 224 px, batch 64; beam search on 65,536
 samples; the accuracy run with a full-width resnet18 for 3 epochs on the whole training split.
-``tiny`` (no CUDA, or --tiny): a quarter-width resnet18 at 32 px, batch 8, a few steps; 4,096 beam
-samples; the demo run on 256 training images for 1 epoch. Tests run the tiny mode.
+``tiny`` (no CUDA, or --tiny): a quarter-width resnet18 at 32 px with the demo's head sizes, batch 8,
+a few steps; 4,096 beam samples; the demo run on 256 training images for 1 epoch; one torch thread on
+CPU. It checks that everything runs (tests run it); its numbers mean little.
 
 The budget (--budget-s, default 420 s, counted from the start of the process) bounds the whole
 check: a part is skipped when less of the budget is left than it needs, and a part that is still
@@ -76,16 +77,26 @@ PART_ORDER = ("speed", "beam_search", "accuracy")
 # -- the settings of each mode ---------------------------------------------------------------------
 
 LEVEL_LAYERS = [["layer4"], ["layer3"], ["layer2", "layer1"]]  # the deepest layer feeds the coarsest level
-POOL = {"kind": "pool", "grid": [64, 2, 2], "mode": "max"}     # the paper config's small pooling grid
-RNN_HEAD = {"cell": "lstm", "hidden_size": 512, "num_layers": 2, "bidirectional": True, "residual": True,
-            "dropout": 0.0}                                    # configs/paper-fashion-mnist.yaml, with the residual arc
-S2S_HEAD = {"hidden_size": 512, "num_layers": 1, "feed": "softmax", "end_after": "leaves", "embed_size": None,
-            "dropout": 0.0}
+# the heads of configs/paper-fashion-mnist.yaml: its small pooling grid, Res-RNN's LSTM with the residual
+# arc (Res-RNN-Resi), Res-S2S-Pool's decoder
+PAPER_HEADS = {
+    "conversion": {"kind": "pool", "grid": [64, 2, 2], "mode": "max"},
+    "rnn": {"cell": "lstm", "hidden_size": 512, "num_layers": 2, "bidirectional": True, "residual": True,
+            "dropout": 0.0},
+    "s2s": {"hidden_size": 512, "num_layers": 1, "feed": "softmax", "end_after": "leaves", "embed_size": None,
+            "dropout": 0.0},
+}
+# tiny: the same structure at the demo's sizes (orthogonal init of a 512-unit LSTM alone takes seconds on a CPU)
+TINY_HEADS = {
+    "conversion": {"kind": "pool", "grid": [8, 2, 2], "mode": "max"},
+    "rnn": {**PAPER_HEADS["rnn"], "hidden_size": 32},
+    "s2s": {**PAPER_HEADS["s2s"], "hidden_size": 32},
+}
 
 MODES: dict[str, dict[str, Any]] = {
     "gpu": {
         "speed": {"backbone": {"name": "resnet50", "pretrained": False, "allow_random_init": False, "kwargs": {}},
-                  "names": {"flat": "Res-50", "rnn": "Res-RNN-Resi", "s2s": "Res-S2S-Pool"},
+                  "names": {"flat": "Res-50", "rnn": "Res-RNN-Resi", "s2s": "Res-S2S-Pool"}, "heads": PAPER_HEADS,
                   "image_size": 224, "in_chans": 3, "batch_size": 64, "warmup_steps": 20, "timed_steps": 50,
                   "rounds": 3},
         "beam_search": {"samples": 65536, "beam_width": 5, "repeats": 10, "check_samples": 1024,
@@ -101,6 +112,7 @@ MODES: dict[str, dict[str, Any]] = {
         "speed": {"backbone": {"name": "resnet18", "pretrained": False, "allow_random_init": False,
                                "kwargs": {"channels": [16, 32, 64, 128]}},
                   "names": {"flat": "Res18q-Flat", "rnn": "Res18q-RNN-Resi", "s2s": "Res18q-S2S-Pool"},
+                  "heads": TINY_HEADS,
                   "image_size": 32, "in_chans": 3, "batch_size": 8, "warmup_steps": 2, "timed_steps": 3,
                   "rounds": 2},
         "beam_search": {"samples": 4096, "beam_width": 5, "repeats": 3, "check_samples": 256,
@@ -115,8 +127,9 @@ MODES: dict[str, dict[str, Any]] = {
 
 # -- the budget ------------------------------------------------------------------------------------
 
-class PartTimeout(Exception):
-    """The budget ran out while a part was running."""
+class PartTimeout(BaseException):
+    """The budget ran out while a part was running (a BaseException, like KeyboardInterrupt, so that no
+    library's ``except Exception`` swallows it)."""
 
 
 class Budget:
@@ -240,13 +253,13 @@ def sync(device: torch.device) -> None:
 
 def speed_variants(s: dict) -> dict[str, dict]:
     """The three variants (flat, rnn, s2s) as params.yaml entries, every key spelled out."""
-    backbone = s["backbone"]
+    backbone, heads = s["backbone"], s["heads"]
     return {
         "flat": {"kind": "flat", "backbone": backbone, "layer": "layer4", "dropout": 0.0, "collapse_chains": False},
-        "rnn": {"kind": "rnn", "backbone": backbone, "level_layers": LEVEL_LAYERS, "conversion": POOL,
-                "rnn": RNN_HEAD, "softmax_over": "level", "alt": None, "collapse_chains": False},
-        "s2s": {"kind": "s2s", "backbone": backbone, "level_layers": LEVEL_LAYERS, "conversion": POOL,
-                "s2s": S2S_HEAD, "alt": None, "collapse_chains": True},
+        "rnn": {"kind": "rnn", "backbone": backbone, "level_layers": LEVEL_LAYERS, "conversion": heads["conversion"],
+                "rnn": heads["rnn"], "softmax_over": "level", "alt": None, "collapse_chains": False},
+        "s2s": {"kind": "s2s", "backbone": backbone, "level_layers": LEVEL_LAYERS, "conversion": heads["conversion"],
+                "s2s": heads["s2s"], "alt": None, "collapse_chains": True},
     }
 
 
@@ -264,8 +277,7 @@ def schema_checked(variants: dict[str, dict], names: dict[str, str], image_size:
 
 
 def speed(part: dict, mode: dict, device: torch.device, amp: bool) -> None:
-    from dhnn.models.registry import count_parameters, create_model
-    from dhnn.training.loop import make_optimizer, seed_everything, train_one_epoch
+    from dhnn.training.loop import seed_everything, train_one_epoch
 
     s = mode["speed"]
     seed_everything(0)  # as prepare_training does: deterministic algorithms, no cudnn.benchmark
@@ -273,7 +285,8 @@ def speed(part: dict, mode: dict, device: torch.device, amp: bool) -> None:
     tree = Taxonomy.from_csv(ROOT / TAXONOMY)
     part["settings"] = {
         "backbone": s["backbone"]["name"], "backbone_kwargs": s["backbone"]["kwargs"],
-        "pretrained": s["backbone"]["pretrained"], "image_size": s["image_size"], "in_chans": s["in_chans"],
+        "pretrained": s["backbone"]["pretrained"], "heads": s["heads"], "image_size": s["image_size"],
+        "in_chans": s["in_chans"],
         "batch_size": s["batch_size"], "warmup_steps": s["warmup_steps"], "timed_steps": s["timed_steps"],
         "rounds": s["rounds"], "device": str(device), "amp": "bf16" if amp and device.type == "cuda" else None,
         "channels_last": True, "optimizer": "adam", "lr": 1e-4, "schedule": "constant",
@@ -282,7 +295,8 @@ def speed(part: dict, mode: dict, device: torch.device, amp: bool) -> None:
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
         "loop": "dhnn.training.loop.train_one_epoch", "data": "synthetic images and label paths, on the device",
         "taxonomy": TAXONOMY, "level_sizes": tree.level_sizes, "schema_checked": checked,
-        "timing": "torch.cuda.synchronize before and after each round; images/s = batch * steps / seconds",
+        "timing": "each round synchronised (torch.cuda.synchronize on CUDA); images/s = batch * steps / seconds; "
+                  "the headline is the median round",
     }
     results = part["variants"] = {}
     g = torch.Generator().manual_seed(0)
@@ -291,42 +305,58 @@ def speed(part: dict, mode: dict, device: torch.device, amp: bool) -> None:
     runs = {}
     for key, cfg in variants.items():  # build and warm up each variant in turn
         row = results[key] = {"name": s["names"][key], "kind": cfg["kind"], "status": "building", "config": cfg}
-        vtree = tree.collapse_chains() if cfg.get("collapse_chains") else tree
-        leaves = torch.randint(len(vtree.leaves), (s["batch_size"],), generator=g)
-        paths = vtree.leaf_paths()[leaves].to(device)
-        batch = (images, paths, torch.arange(s["batch_size"]))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        model = create_model(cfg, vtree, s["in_chans"], s["image_size"]).to(device, memory_format=torch.channels_last)
-        opt, _ = make_optimizer(model, 1e-4, 0.0, 1, 1, "adam", "constant")
-        weights = [1.0] * vtree.num_levels
-        row.update(parameters=count_parameters(model), level_sizes=vtree.level_sizes, status="warming up")
-        start = time.perf_counter()
-        stats = train_one_epoch(model, [batch] * s["warmup_steps"], opt, None, device, weights, 0, amp)
-        sync(device)
-        row["warmup_s"] = time.perf_counter() - start
-        row["warmup_loss"] = stats["loss"]
-        if device.type == "cuda":
-            row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device) - base)
-        row.update(status="warm", rounds_images_per_s=[], rounds_s=[])
-        runs[key] = (model, opt, batch, weights)
-    loader_steps = s["timed_steps"]
+        try:
+            runs[key] = warm_up(row, cfg, tree, images, g, s, device, amp)
+        except Exception as err:  # one variant's failure (say, out of memory) must not cost the others
+            row.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=-6))
+            print(f"gpu_check: speed, {row['name']} failed:\n{row['traceback']}", file=sys.stderr, flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    steps = s["timed_steps"]
     for r in range(s["rounds"]):  # interleaved: each round times every variant once
         for key, (model, opt, batch, weights) in runs.items():
             row = results[key]
             sync(device)
             start = time.perf_counter()
-            train_one_epoch(model, [batch] * loader_steps, opt, None, device, weights, 1 + r, amp)
+            train_one_epoch(model, [batch] * steps, opt, None, device, weights, 1 + r, amp)
             sync(device)
             seconds = time.perf_counter() - start
             row["rounds_s"].append(seconds)
-            row["rounds_images_per_s"].append(s["batch_size"] * loader_steps / seconds)
+            row["rounds_images_per_s"].append(s["batch_size"] * steps / seconds)
             summarize_speed(part)
-    for row in results.values():
-        row["status"] = "ok"
+    for key in runs:
+        results[key]["status"] = "ok"
     summarize_speed(part)
+    failed = [row["name"] for row in results.values() if row["status"] == "error"]
+    if failed:
+        raise RuntimeError(f"{', '.join(failed)} failed (see speed.variants); the others were timed")
+
+
+def warm_up(row: dict, cfg: dict, tree: Taxonomy, images: torch.Tensor, g: torch.Generator, s: dict,
+            device: torch.device, amp: bool) -> tuple:
+    """Build one variant with its optimizer and run its warm-up steps; (model, optimizer, batch, level weights)."""
+    from dhnn.models.registry import count_parameters, create_model
+    from dhnn.training.loop import make_optimizer, train_one_epoch
+
+    vtree = tree.collapse_chains() if cfg.get("collapse_chains") else tree
+    leaves = torch.randint(len(vtree.leaves), (s["batch_size"],), generator=g)
+    batch = (images, vtree.leaf_paths()[leaves].to(device), torch.arange(s["batch_size"]))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    model = create_model(cfg, vtree, s["in_chans"], s["image_size"]).to(device, memory_format=torch.channels_last)
+    opt, _ = make_optimizer(model, 1e-4, 0.0, 1, 1, "adam", "constant")
+    weights = [1.0] * vtree.num_levels
+    row.update(parameters=count_parameters(model), level_sizes=vtree.level_sizes, status="warming up")
+    start = time.perf_counter()
+    stats = train_one_epoch(model, [batch] * s["warmup_steps"], opt, None, device, weights, 0, amp)
+    sync(device)
+    row.update(warmup_s=time.perf_counter() - start, warmup_loss=stats["loss"])
+    if device.type == "cuda":
+        row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device) - base)
+    row.update(status="warm", rounds_images_per_s=[], rounds_s=[])
+    return model, opt, batch, weights
 
 
 def summarize_speed(part: dict) -> None:
@@ -442,8 +472,12 @@ def ensure_dvclive() -> str:
 def accuracy(part: dict, mode: dict, device: torch.device, epochs: int | None) -> None:
     a = mode["accuracy"]
     logger = ensure_dvclive()
-    from dhnn.params import load_params, validate
-    from dhnn.pipeline import stages
+    try:
+        from dhnn.params import load_params, validate
+        from dhnn.pipeline import stages
+    except ImportError as err:  # the GPU machine's image may lack pydantic: carry its wheels
+        raise ImportError(f"the accuracy run needs the pipeline's dependencies ({err}); install them, or carry "
+                          f"their wheels to the GPU machine") from err
 
     raw = load_params(DEMO_PARAMS).model_dump()
     raw["data"].update(limit_train=a["limit_train"], limit_val=a["limit_val"], limit_test=a["limit_test"])
@@ -519,7 +553,8 @@ def headline(report: dict) -> None:
     ratio = sp.get("ratios", {}).get(best) if best else None
     report["best_dhnn"] = sp["variants"][best]["name"] if best else None
     report["ratio_dhnn_over_flat"] = ratio
-    report["goal"] = {"ratio_dhnn_over_flat_at_least": GOAL_RATIO, "met": None if ratio is None else ratio >= GOAL_RATIO}
+    report["goal"] = {"ratio_dhnn_over_flat_at_least": GOAL_RATIO,
+                      "met": None if ratio is None else ratio >= GOAL_RATIO}
 
 
 def summary(report: dict, out: Path) -> str:
@@ -580,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     mode_name = "tiny" if args.tiny or device.type != "cuda" else "gpu"
     mode = MODES[mode_name]
     amp = device.type == "cuda"
+    if mode_name == "tiny" and device.type == "cpu":
+        # the tiny mode checks that everything runs, its numbers mean little: one thread keeps it fast on a
+        # small, busy machine (there a 2-thread op waits for both threads, and the run took 4x longer)
+        torch.set_num_threads(1)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "mode": mode_name, "complete": False,
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

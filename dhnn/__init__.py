@@ -14,7 +14,8 @@ The package reads one way, each layer importing only those above it:
     evaluation               metrics and batched inference
     tasks                    what a label is (a path, or a set of nodes); one registry
     training                 the training loop and safe, resumable checkpoints
-    report                   result tables and figures
+    report                   result tables, figures and the evidence behind comparisons
+    serving                  model bundles and `dhnn predict`
     pipeline                 what the DVC stages and notebooks call
 
 Importing ``dhnn`` itself is cheap: import the module you need.

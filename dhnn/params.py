@@ -135,6 +135,7 @@ class TrainParams(Strict):
     level_weights: list[NonNegativeFloat] | WeightSchedule = [1.0, 1.0, 1.0]  # w_t of sum_t w_t CE(y_t, o_t)
     device: str = "auto"  # auto: CUDA when present, else CPU
     amp: bool = True      # bf16 autocast on CUDA
+    nproc: PositiveInt = 1  # processes per machine for DDP (one per GPU under CUDA); 1 = no DDP
 
     @field_validator("device")
     @classmethod
@@ -154,6 +155,7 @@ class RuntimeParams(Strict):
 
 class InferParams(Strict):
     beam_width: PositiveInt = 2  # the authors' k; 1 is greedy
+    backoff_precision: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95  # back-off's tau reaches it on validation
 
 
 class GridParams(Strict):

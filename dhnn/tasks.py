@@ -11,6 +11,7 @@ A data source names its task (dhnn.data.registry); training, inference and the r
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,8 +19,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from .evaluation.backoff import evaluate_backoff
 from .evaluation.inference import predict, predict_scores
 from .evaluation.metrics import evaluate_multilabel, evaluate_paths, node_f1, path_f1, search_threshold
+from .evaluation.prefixes import predict_prefixes
 from .taxonomy import Taxonomy
 
 
@@ -44,13 +47,29 @@ class PathTask:
         return evaluate_paths(pred, target)
 
     def test(self, model: nn.Module, val_loader: DataLoader, test_loader: DataLoader, tree: Taxonomy,
-             device: torch.device, beam_width: int, amp: bool = True) -> tuple[dict, pd.DataFrame]:
-        """Test metrics, and one row per test image: true path, predicted path, its probability."""
-        pred, score, target = predict(model, test_loader, device, beam_width, amp)
+             device: torch.device, beam_width: int, amp: bool = True, backoff_precision: float = 0.95
+             ) -> tuple[dict, pd.DataFrame]:
+        """Test metrics with back-off, and per test image: true and predicted path, probability, prefix probabilities.
+
+        Back-off answers with the deepest prefix of the best path whose probability is at least tau;
+        tau is the smallest that reaches ``backoff_precision`` on validation, and the test coverage,
+        precision and mean depth are measured at it.
+        """
+        val = predict_prefixes(model, val_loader, device, beam_width, amp)
+        test = predict_prefixes(model, test_loader, device, beam_width, amp)
+        pred, target = torch.as_tensor(test.pred), torch.as_tensor(test.target)
+        metrics = evaluate_paths(pred, target)
+        backoff = evaluate_backoff(val, test, backoff_precision)
+        tau = backoff["tau"] if math.isfinite(backoff["tau"]) else None  # None: no tau reaches the precision
+        metrics.update(backoff_tau=tau, backoff_precision=backoff_precision,
+                       backoff_coverage=backoff["test_coverage"], backoff_test_precision=backoff["test_precision"],
+                       backoff_mean_depth=backoff["test_mean_depth"])
         predictions = pd.DataFrame({"true path": [" / ".join(p) for p in tree.decode(target)],
                                     "predicted path": [" / ".join(p) for p in tree.decode(pred)],
-                                    "score": score.numpy()})
-        return evaluate_paths(pred, target), predictions
+                                    "score": test.score})
+        for t in range(test.prefix_probs.shape[1]):
+            predictions[f"p_level{t + 1}"] = test.prefix_probs[:, t]
+        return metrics, predictions
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,8 @@ class NodeSetTask:
         return {"node_f1": node, "path_f1": path}
 
     def test(self, model: nn.Module, val_loader: DataLoader, test_loader: DataLoader, tree: Taxonomy,
-             device: torch.device, beam_width: int, amp: bool = True) -> tuple[dict, pd.DataFrame]:
+             device: torch.device, beam_width: int, amp: bool = True, backoff_precision: float = 0.95
+             ) -> tuple[dict, pd.DataFrame]:
         """The paper's evaluation: node and path F1 on test at thresholds chosen on validation; node scores."""
         val_scores, val_targets, val_index = predict_scores(model, val_loader, device, amp)
         test_scores, test_targets, test_index = predict_scores(model, test_loader, device, amp)

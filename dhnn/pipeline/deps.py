@@ -15,8 +15,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]
 MODULE_NAME = re.compile(r"^dhnn(\.[A-Za-z_]\w*)+$")
-# stage name in dvc.yaml -> its notebook
-STAGES = {"taxonomy": "00_taxonomy", "train": "01_train", "infer": "02_infer", "report": "03_report"}
+# stage name in dvc.yaml -> what it runs: a notebook, or a dhnn module run with python -m
+STAGES = {"taxonomy": "notebooks/00_taxonomy.ipynb", "train": "notebooks/01_train.ipynb",
+          "infer": "notebooks/02_infer.ipynb", "report": "notebooks/03_report.ipynb",
+          "export": "dhnn/serving/bundle.py"}
 
 
 def module_file(name: str) -> Path | None:
@@ -37,8 +39,12 @@ def _name_of(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(source: str, module: str = "", is_package: bool = False) -> set[str]:
-    """The dhnn modules that ``source`` (the code of ``module``) names in imports or as strings."""
+def imports_of(source: str, module: str = "", is_package: bool = False, strings: bool = True) -> set[str]:
+    """The dhnn modules that ``source`` (the code of ``module``) names in imports or (``strings``) as strings.
+
+    A module named in a string runs too (a registry imports it by name, a stage launches it with
+    ``python -m``), so the dependencies count it; an import cycle is about import statements alone.
+    """
     found: set[str] = set()
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(source)):
@@ -51,7 +57,7 @@ def imports_of(source: str, module: str = "", is_package: bool = False) -> set[s
                 base = ".".join(anchor + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_NAME.match(node.value):
+        elif strings and isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_NAME.match(node.value):
             found.add(node.value)
     return {name for name in found if module_file(name) is not None}
 
@@ -82,18 +88,21 @@ def notebook_modules(notebook: str | Path) -> set[str]:
     return closure(imports_of(notebook_code(notebook)))
 
 
-def stage_files(notebook: str | Path) -> list[str]:
-    """The dhnn source files a notebook runs, as dvc.yaml lists them (relative to the project)."""
-    return sorted(str(module_file(m).relative_to(PACKAGE.parent)) for m in notebook_modules(notebook))
+def stage_files(source: str | Path) -> list[str]:
+    """The dhnn source files a stage runs (a notebook, or a dhnn module), as dvc.yaml lists them."""
+    source = Path(source)
+    modules = notebook_modules(source) if source.suffix == ".ipynb" else closure(
+        {_name_of(source.resolve())})
+    return sorted(str(module_file(m).relative_to(PACKAGE.parent)) for m in modules)
 
 
 def rewrite(dvc_yaml: str) -> str:
     """``dvc_yaml`` with each notebook stage's ``- dhnn/...`` lines replaced by the computed list."""
     root, out, stage, pending = PACKAGE.parent, [], None, []
     for line in dvc_yaml.splitlines(keepends=True):
-        if re.match(r"^  [A-Za-z_]+:\s*$", line):
-            stage = line.strip().rstrip(":")
-            pending = stage_files(root / "notebooks" / f"{STAGES[stage]}.ipynb") if stage in STAGES else []
+        if header := re.match(r"^  ([A-Za-z_]+):\s*(#.*)?$", line):
+            stage = header.group(1)
+            pending = stage_files(root / STAGES[stage]) if stage in STAGES else []
         if stage in STAGES and re.match(r"^\s+- dhnn/", line):
             indent = line[: line.index("-")]
             out.extend(f"{indent}- {f}\n" for f in pending)  # the whole list at the first old line
@@ -112,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
         print(f"updated {path}")
         return 0
-    for stage, nb in STAGES.items():
+    for stage, source in STAGES.items():
         print(f"{stage}:")
-        for f in stage_files(root / "notebooks" / f"{nb}.ipynb"):
+        for f in stage_files(root / source):
             print(f"  - {f}")
     return 0
 

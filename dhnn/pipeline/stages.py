@@ -178,27 +178,135 @@ def prepare_training(params: Params, variant: str, seed: int, taxonomy_file: str
 
 
 def train(run: TrainRun, params: Params, out_dir: str | Path) -> pd.DataFrame:
-    """Train ``run``, resuming from its last finished epoch if it was interrupted; the history per epoch."""
+    """Train ``run``, resuming from its last finished epoch if it was interrupted; the history per epoch.
+
+    With ``train.nproc`` above 1 the run trains data-parallel in that many processes on this
+    machine (torchrun, one GPU each under CUDA): see :func:`train_distributed`.
+    """
+    if params.train.nproc > 1:
+        return pd.DataFrame(train_distributed(run, params, out_dir))
+    return pd.DataFrame(train_in_process(run, params, out_dir))
+
+
+def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=None) -> list[dict]:
+    """Train ``run`` in this process; the history per epoch.
+
+    ``dist`` (dhnn.training.distributed.Dist) is this process's rank in a torchrun job: it then
+    reads its share of each batch, and only rank 0 writes (model.pt, last.pt, dvclive/).
+    """
+    from contextlib import nullcontext
+
     from dvclive import Live  # dvclive imports a good part of dvc: only the train stage needs it
 
     from ..training.checkpoint import fingerprint
-    from ..training.loop import fit, summarize_history
+    from ..training.distributed import distributed_loader, rank_seed
+    from ..training.loop import fit, seed_everything, summarize_history
 
     out, t, rt = resolve(out_dir), params.train, params.runtime
-    train_loader = make_loader(run.splits.train, t.batch_size, shuffle=True, seed=run.seed, num_workers=rt.num_workers)
+    if dist is None:
+        train_loader = make_loader(run.splits.train, t.batch_size, shuffle=True, seed=run.seed,
+                                   num_workers=rt.num_workers)
+    else:
+        train_loader = distributed_loader(run.splits.train, t.batch_size, run.seed, dist, rt.num_workers)
+        if dist.rank:  # the same initial weights on every rank, but each its own augmentation and dropout
+            seed_everything(rank_seed(run.seed, dist.rank))
     val_loader = make_loader(run.splits.val, rt.eval_batch_size, shuffle=False, seed=run.seed,
                              num_workers=rt.num_workers)
     settings = {"data": params.section("data"), "train": params.section("train"), "variant": run.cfg,
                 "beam_width": params.infer.beam_width, "seed": run.seed, "taxonomy": run.tree.to_dict()}
+    if dist is not None:
+        settings["world_size"] = dist.world_size  # resume only with as many processes
     info = {"variant": run.variant, "seed": run.seed, "config": run.cfg, "taxonomy": run.tree.to_dict()}
-    with Live(str(out / "dvclive"), save_dvc_exp=False, dvcyaml=False, report=None) as live:
+    main = dist is None or dist.is_main
+    live_dir = str(out / "dvclive")
+    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, report=None) if main else nullcontext() as live:
         history = fit(run.model, train_loader, val_loader, task=run.task, epochs=t.epochs, lr=t.lr,
                       weight_decay=t.weight_decay, level_weights=params.section("train")["level_weights"],
-                      beam_width=params.infer.beam_width, device=select_device(t.device), out_dir=out,
+                      beam_width=params.infer.beam_width,
+                      device=select_device(t.device) if dist is None else dist.device, out_dir=out,
                       run_info=info, fingerprint=fingerprint(settings), live=live, amp=t.amp,
-                      progress=rt.progress, alt=run.cfg.get("alt"), optimizer=t.optimizer, schedule=t.schedule)
-        live.summary.update(params=run.parameters, **run.conversion, **summarize_history(history, run.task.select))
-    return pd.DataFrame(history)
+                      progress=rt.progress, alt=run.cfg.get("alt"), optimizer=t.optimizer, schedule=t.schedule,
+                      dist=dist)
+        if main:
+            live.summary.update(params=run.parameters, **run.conversion,
+                                **summarize_history(history, run.task.select))
+    return history
+
+
+DDP_HISTORY = "history.json"  # what rank 0 of a torchrun job leaves beside model.pt for train_distributed
+
+
+def train_distributed(run: TrainRun, params: Params, out_dir: str | Path) -> list[dict]:
+    """Train ``run`` in ``train.nproc`` processes on this machine under torchrun; the history per epoch.
+
+    Each process runs ``python -m dhnn.pipeline.ddp_train`` on the params file these params were
+    read from, the run's tree and seed, so it rebuilds the same data and model; rank 0 writes what
+    a one-process run writes, and the history, which this reads back. The job's output streams to
+    the terminal; a failed job raises, with the end of its output.
+    """
+    import collections
+    import json
+    import re
+    import subprocess
+    import sys
+    import tempfile
+    import uuid
+
+    import yaml
+
+    from ..console import say
+    from ..paths import project_root
+
+    out, n = resolve(out_dir), params.train.nproc
+    if params.train.batch_size % n:
+        raise ValueError(f"{params.source}: train.batch_size: {params.train.batch_size} is not divisible by "
+                         f"train.nproc {n} (each process takes an equal share of every batch)")
+    history_file = out / DDP_HISTORY
+    history_file.unlink(missing_ok=True)  # never read back a history that an earlier job left
+    with tempfile.TemporaryDirectory(prefix="dhnn-ddp-") as tmp:
+        taxonomy = Path(tmp) / "taxonomy.json"
+        run.tree.save(taxonomy)  # the tree the run trains on (collapsing it again changes nothing)
+        source = Path(params.source)
+        if not source.is_file():  # params validated from a mapping, not read from a file
+            source = Path(tmp) / "params.yaml"
+            source.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        # torchrun --standalone, but on the loopback interface whatever the host name resolves to: a
+        # rendezvous store on a free port of 127.0.0.1, which the processes also use as MASTER_ADDR
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--rdzv-backend=c10d",
+               "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=dhnn-{uuid.uuid4().hex}", "--local-addr=127.0.0.1",
+               f"--nproc_per_node={n}", "-m", "dhnn.pipeline.ddp_train", "--params", str(source),
+               "--variant", run.variant, "--seed", str(run.seed), "--taxonomy", str(taxonomy), "--out", str(out)]
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # share the cores
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if Path("/sys/class/net/lo").exists():
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # and gloo, the CPU backend, on that interface too
+        say(f"{out.name}: training in {n} processes: torchrun --nproc_per_node={n} -m dhnn.pipeline.ddp_train")
+        lines: collections.deque[str] = collections.deque(maxlen=2000)
+        proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        try:
+            for line in proc.stdout:
+                say(line)
+                lines.append(line.rstrip("\n"))
+            proc.wait()
+        except BaseException:  # an interrupted kernel takes its workers down with it
+            proc.terminate()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+    if proc.returncode != 0:
+        # torchrun ends with its own report; the workers' exceptions ("[rank1]: ValueError: ...") say why
+        error = re.compile(r"^\[rank\d+\]: ((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt)\b.*)$")
+        errors = list(dict.fromkeys(m.group(1) for m in map(error.match, lines) if m))
+        why = "\n".join(errors[:3]) if errors else "the end of its output:\n" + "\n".join(list(lines)[-15:])
+        raise RuntimeError(f"{out.name}: distributed training in {n} processes failed (exit {proc.returncode}): {why}")
+    if not history_file.is_file():
+        raise RuntimeError(f"{history_file}: the distributed job exited cleanly but left no history")
+    history = json.loads(history_file.read_text(encoding="utf-8"))
+    history_file.unlink()
+    return history
 
 
 # -- infer -----------------------------------------------------------------------------------------
@@ -243,7 +351,8 @@ def test(trained: Trained, params: Params) -> tuple[dict, pd.DataFrame]:
     loaders = [make_loader(s, rt.eval_batch_size, shuffle=False, seed=0, num_workers=rt.num_workers)
                for s in (trained.splits.val, trained.splits.test)]
     device = next(trained.model.parameters()).device
-    return trained.task.test(trained.model, *loaders, trained.tree, device, params.infer.beam_width, params.train.amp)
+    return trained.task.test(trained.model, *loaders, trained.tree, device, params.infer.beam_width, params.train.amp,
+                             params.infer.backoff_precision)
 
 
 def save_inference(out_dir: str | Path, trained: Trained, metrics: dict, predictions: pd.DataFrame,

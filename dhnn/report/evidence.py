@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluation.backoff import per_depth, risk_coverage
 from ..evaluation.bootstrap import compare_to_baseline, describe_difference
 from ..evaluation.hierarchical import expected_calibration_error, hierarchical_prf, mistake_severity
 from .tables import run_dirs
@@ -40,11 +41,13 @@ def per_image(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[
                 raise ValueError(f"{path}: missing columns {sorted(missing)}")
             true = [p.split(SEPARATOR) for p in df["true path"]]
             pred = [p.split(SEPARATOR) if p else [] for p in df["predicted path"]]
+            levels = sorted((c for c in df.columns if c.startswith("p_level")), key=lambda c: int(c[7:]))
             frames.append(pd.DataFrame({
                 "variant": variant, "seed": seed, "image": df["test_index"].to_numpy(),
                 "path_accuracy": [float(t == p) for t, p in zip(true, pred)],
                 "node_accuracy": [_node_accuracy(t, p) for t, p in zip(true, pred)],
-                "score": df["score"].to_numpy(dtype=float), "true": true, "pred": pred}))
+                "score": df["score"].to_numpy(dtype=float), "true": true, "pred": pred,
+                "prefix_probs": list(df[levels].to_numpy(dtype=float)) if levels else None}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -90,3 +93,61 @@ def hierarchical_metrics(images: pd.DataFrame) -> pd.DataFrame:
         out[metric] = [f"{m:.{digits}f}" + ("" if np.isnan(s) else f" ({s:.{digits}f})")
                        for m, s in zip(stats[(metric, "mean")], stats[(metric, "std")])]
     return out
+
+
+def _prefix_arrays(run: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """[N, T] correctness of each predicted prefix, and its probability (NaN after the path's end)."""
+    probs = np.stack(run["prefix_probs"].to_numpy())
+    depth = probs.shape[1]
+    correct = np.array([[len(p) > t and p[:t + 1] == q[:t + 1] for t in range(depth)]
+                        for p, q in zip(run["pred"], run["true"])])
+    return correct, probs
+
+
+def backoff_curves(images: pd.DataFrame) -> pd.DataFrame:
+    """Risk-coverage of back-off per variant and seed: columns variant, seed, tau, coverage, risk, mean_depth."""
+    frames = []
+    for (variant, seed), run in images.groupby(["variant", "seed"], sort=False):
+        if run["prefix_probs"].isna().any():
+            continue  # predictions written without prefix probabilities
+        frames.append(risk_coverage(*_prefix_arrays(run)).assign(variant=variant, seed=seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["variant", "seed", "tau", "coverage", "risk", "mean_depth"])
+
+
+def backoff_depths(images: pd.DataFrame, taus: dict[tuple[str, int], float | None]) -> pd.DataFrame:
+    """Coverage and accuracy per depth at each run's tau (chosen on validation), mean over seeds."""
+    frames = []
+    for (variant, seed), run in images.groupby(["variant", "seed"], sort=False):
+        tau = taus.get((variant, seed))
+        if tau is None or run["prefix_probs"].isna().any():
+            continue
+        frames.append(per_depth(*_prefix_arrays(run), tau).assign(variant=variant, seed=seed))
+    if not frames:
+        return pd.DataFrame(columns=["variant", "depth", "coverage", "accuracy"])
+    table = pd.concat(frames, ignore_index=True)
+    return table.groupby(["variant", "depth"], sort=False)[["coverage", "accuracy"]].mean().reset_index()
+
+
+def backoff_summary(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]
+                    ) -> tuple[dict[tuple[str, int], float | None], pd.DataFrame]:
+    """Each run's back-off tau (from its metrics.json), and per variant the mean test coverage,
+    precision and depth of the answers at that tau."""
+    import json
+
+    taus, rows = {}, []
+    for variant in variants:
+        for seed in seeds:
+            path = run_dirs(results_dir, variant, seed)[1] / "metrics.json"
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            if "backoff_coverage" not in metrics:
+                continue
+            taus[(variant, seed)] = metrics["backoff_tau"]
+            rows.append({"variant": variant, "target precision": metrics["backoff_precision"],
+                         "tau": np.nan if metrics["backoff_tau"] is None else metrics["backoff_tau"],
+                         "coverage": metrics["backoff_coverage"], "precision": metrics["backoff_test_precision"],
+                         "mean depth": metrics["backoff_mean_depth"]})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.groupby("variant", sort=False).mean().reset_index()
+    return taus, table

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_path
 
-__all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_taxonomy", "save_figure"]
+__all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_risk_coverage", "plot_taxonomy", "save_figure"]
 
 _STYLE, _CONTEXT = "whitegrid", "notebook"
 
@@ -172,6 +172,20 @@ def plot_learning_curves(history: pd.DataFrame, metrics: Sequence[str] | None = 
 
 
 # ------------------------------------------------------------------- taxonomy
+
+
+def plot_risk_coverage(curves: pd.DataFrame) -> Figure:
+    """Back-off's risk (error rate of the answers) against coverage, one line per variant (mean over seeds)."""
+    _require(curves, ["variant", "tau", "coverage", "risk"], "risk-coverage curves")
+    mean = curves.groupby(["variant", "tau"], sort=False)[["coverage", "risk"]].mean().reset_index()
+    palette = _variant_palette(_ordered_unique(mean["variant"]))
+    with sns.axes_style(_STYLE), sns.plotting_context(_CONTEXT):
+        fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
+        for variant, rows in mean.groupby("variant", sort=False):
+            ax.plot(rows["coverage"], rows["risk"], label=variant, color=palette[variant])
+        ax.set(xlabel="coverage (answers at any depth)", ylabel="risk (wrong answers)", xlim=(0, 1.02))
+        ax.legend(fontsize="small")
+    return fig
 
 
 def _tree_layout(taxonomy: TaxonomyLike) -> tuple[dict[str, tuple[float, int]], list[tuple[str, str]]]:

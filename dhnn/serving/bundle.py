@@ -80,16 +80,17 @@ def preprocessing_for(data_cfg: dict) -> dict:
 
 def _build(config: dict, tree: Taxonomy, preprocessing: dict, task: str, state_dict: dict, where: Path) -> nn.Module:
     """The model of ``config`` with ``state_dict`` loaded, on CPU in eval mode."""
-    # the weights come from the file: never fetch pretrained ones to overwrite them
-    cfg = {**config, "backbone": {**config["backbone"], "pretrained": False}}
     try:
+        # the weights come from the file: never fetch pretrained ones to overwrite them
+        cfg = {**config, "backbone": {**config["backbone"], "pretrained": False}}
         model = create_model(cfg, tree, preprocessing["in_chans"], preprocessing["image_size"],
                              get_task(task).multilabel)
         model.load_state_dict(state_dict)
     except (RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BundleError(f"{where}: the weights do not fit a {config.get('kind')!r} model for "
-                          f"{preprocessing['in_chans']}-channel {preprocessing['image_size']} px images ({first})") from None
+        images = f"{preprocessing['in_chans']}-channel {preprocessing['image_size']} px images"
+        raise BundleError(f"{where}: the weights do not fit a {config.get('kind')!r} model for {images} ({first})"
+                          ) from None
     return model.eval()
 
 
@@ -121,6 +122,9 @@ def _read(path: Path) -> Any:
     """torch.load with weights_only=True; a missing, damaged or code-carrying file raises BundleError."""
     if not path.is_file():
         raise BundleError(f"{path}: no such bundle file; {EXPORT_HINT}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else would reach the old unpickler
+        raise BundleError(f"{path}: not a readable dhnn bundle (not a torch archive); it may be truncated or not "
+                          f"a bundle at all")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused an object: loading it would run code
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m dhnn.serving.bundle", description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="a run's model.pt, e.g. results/train/Flat-seed0/model.pt")
-    parser.add_argument("--params", default="params.yaml", help="the params file the run was trained with (its data section)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file the run was trained with (its data section is read)")
     parser.add_argument("--out", required=True, help="the bundle to write, e.g. results/bundles/Flat-seed0.dhnn")
     args = parser.parse_args(argv)
     try:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .backoff import backoff
+from ..evaluation.backoff import backoff
 from .bundle import Bundle, load_bundle
 from .images import ImageError, find_images, prepare, read_image
-from .prefixes import top_paths_with_prefixes
+from ..evaluation.prefixes import top_paths_with_prefixes
 
 BATCH = 64  # images per forward pass: bounds memory for large folders
 
@@ -65,21 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_images(args: Sequence[str], bundle: Bundle, invert: bool) -> tuple[list[Path], list[torch.Tensor]]:
-    """The usable images and their prepared tensors; unreadable files found in folders are skipped, named on stderr."""
+def _prepared(found: Sequence[tuple[Path, bool]], bundle: Bundle, invert: bool
+              ) -> tuple[list[Path], list[torch.Tensor]]:
+    """The usable images of ``found`` and their model inputs; bad files from folders are skipped, named on stderr."""
     files, tensors = [], []
-    for path, from_folder in find_images(args):
+    for path, from_folder in found:
         try:
             img = read_image(path, bundle.preprocessing["mode"])
         except ImageError as err:
-            if not from_folder:
+            if not from_folder:  # a file asked for by name is an error, not something to skip
                 raise
             print(f"warning: {err}; skipped", file=sys.stderr)
             continue
         files.append(path)
         tensors.append(prepare(img, bundle.preprocessing, invert))
-    if not files:
-        raise ImageError(f"{', '.join(map(str, args))}: no readable images")
     return files, tensors
 
 
@@ -113,8 +112,9 @@ def format_text(records: Sequence[dict]) -> str:
             lines.append(f"  {rank}. {' / '.join(p['path'])}  {p['probability']:.3f}")
         b = r["backoff"]
         if b is not None:
-            where = " / ".join(b["path"]) if b["path"] else "(no decision: level 1 is below tau)"
-            lines.append(f"  back-off at {b['tau']:g}: {where}  {b['probability']:.3f}")
+            answer = (f"{' / '.join(b['path'])}  {b['probability']:.3f}" if b["path"]
+                      else "no decision (level 1 is below tau)")
+            lines.append(f"  back-off at {b['tau']:g}: {answer}")
     return "\n".join(lines)
 
 
@@ -122,10 +122,18 @@ def predict_command(args: argparse.Namespace) -> int:
     """``dhnn predict``."""
     bundle = load_bundle(args.model)
     if bundle.multilabel:
-        raise ValueError(f"{args.model}: a multi-label (node-set) model; `dhnn predict` gives paths, which it has not")
-    files, tensors = _load_images(args.images, bundle, args.invert)
+        raise ValueError(f"{args.model}: a multi-label model (it scores node sets); `dhnn predict` needs a "
+                         f"path model")
+    found = find_images(args.images)
+    records = []
     with torch.inference_mode():
-        records = predict_images(bundle, files, tensors, args.k, args.backoff)
+        # a batch at a time, so that a large folder never sits in memory as prepared tensors
+        for start in range(0, len(found), BATCH):
+            files, tensors = _prepared(found[start:start + BATCH], bundle, args.invert)
+            if files:
+                records += predict_images(bundle, files, tensors, args.k, args.backoff)
+    if not records:
+        raise ImageError(f"{', '.join(map(str, args.images))}: no readable images")
     print(json.dumps(records, indent=2, ensure_ascii=False) if args.json else format_text(records))
     return 0
 

@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun``: the process group, the model wrapper and the sharded loader.
 
-Every process that ``torchrun`` starts runs the same training (``dhnn.training.ddp_train``), reads
+Every process that ``torchrun`` starts runs the same training (``dhnn.pipeline.ddp_train``), reads
 its place from the environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``) and joins one process group: NCCL on CUDA, gloo on CPU. The model
 is wrapped in ``DistributedDataParallel`` (gradients are averaged across processes after every
@@ -12,6 +12,7 @@ here is the identity, so the same code runs as one plain process.
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -117,6 +118,11 @@ def wrap(model: nn.Module, dist: Dist | None, find_unused_parameters: bool = Fal
                                    find_unused_parameters=find_unused_parameters)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random streams (augmentation, dropout) in a run seeded by ``seed``."""
+    return (seed * 65536 + rank) % 2**32
+
+
 def _as_batch(batch):
     return batch  # a dataset with __getitems__ returns a collated batch itself (see dhnn.data.base.make_loader)
 
@@ -136,7 +142,7 @@ def distributed_loader(dataset: Dataset, global_batch: int, seed: int, dist: Dis
                                  drop_last=False)
     collate = _as_batch if hasattr(dataset, "__getitems__") else None
     # the generator only seeds the loader's workers (their augmentation): one stream per rank
-    generator = torch.Generator().manual_seed(seed * 65536 + dist.rank)
+    generator = torch.Generator().manual_seed(rank_seed(seed, dist.rank))
     return DataLoader(dataset, batch_size=global_batch // dist.world_size, sampler=sampler, num_workers=num_workers,
                       generator=generator, collate_fn=collate, drop_last=False)
 
@@ -150,22 +156,34 @@ def all_reduce_mean(value: float, dist: Dist | None) -> float:
     return t.item() / dist.world_size
 
 
+def _pack(obj: Any) -> bytes:
+    # torch.save, not the collectives' own pickling: it carries tensors (random-number states,
+    # weights) reliably, and the receiver loads with weights_only like any dhnn checkpoint
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _unpack(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
 def broadcast_object(obj: Any, dist: Dist | None, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every process (picklable objects; tensors arrive on the CPU they left)."""
+    """Rank ``src``'s ``obj`` (tensors and plain data) on every process; tensors arrive on the CPU."""
     if dist is None or not dist.distributed:
         return obj
-    box = [obj if dist.rank == src else None]
-    td.broadcast_object_list(box, src=src, device=dist.device if dist.device.type == "cuda" else None)
-    return box[0]
+    box = [_pack(obj) if dist.rank == src else None]
+    td.broadcast_object_list(box, src=src)
+    return obj if dist.rank == src else _unpack(box[0])
 
 
 def gather_objects(obj: Any, dist: Dist | None) -> list:
-    """Every process's ``obj``, in rank order, on every process."""
+    """Every process's ``obj`` (tensors and plain data), in rank order, on every process."""
     if dist is None or not dist.distributed:
         return [obj]
     out: list = [None] * dist.world_size
-    td.all_gather_object(out, obj)
-    return out
+    td.all_gather_object(out, _pack(obj))
+    return [obj if r == dist.rank else _unpack(b) for r, b in enumerate(out)]
 
 
 def barrier(dist: Dist | None) -> None:

@@ -1,6 +1,7 @@
 """The training loop, in the style of torchvision's references/classification, with resumable epochs."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -200,7 +201,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
 
 
 def _copy(state: dict) -> dict:
-    return {k: v.detach().clone() for k, v in state.items()}
+    return copy.deepcopy(state)  # keeps the OrderedDict, its _metadata and the tensors' strides: the same bytes
 
 
 def _generator_state(loader: DataLoader) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..evaluation.inference import autocast
+from .inference import autocast
 from ..models.flat import FlatClassifier
 from ..models.rnn import DHNN
 from ..models.s2s import CNNS2S, S2SOutputs
@@ -85,7 +85,7 @@ def prefix_probs(model: nn.Module, outputs: torch.Tensor | S2SOutputs, indices: 
 @torch.no_grad()
 def top_paths_with_prefixes(model: nn.Module, images: torch.Tensor, k: int
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For a batch of prepared images: the k best paths [B, k, T], their scores [B, k] and prefix probabilities [B, k, T]."""
+    """A batch's k best paths [B, k, T], their probabilities [B, k] and their prefix probabilities [B, k, T]."""
     outputs = model(images)
     indices, scores = model.top_paths(outputs, k)
     return indices, scores.float(), prefix_probs(model, outputs, indices)
@@ -100,14 +100,15 @@ def predict_prefixes(model: nn.Module, loader: DataLoader, device: torch.device,
     tables describe the same predictions as the run's metrics.
     """
     model.eval()
-    preds, probs, targets = [], [], []
+    preds, probs, targets, scores = [], [], [], []
     for images, paths, _ in loader:
         with autocast(device, amp):
             outputs = model(images.to(device, memory_format=torch.channels_last))
-        indices, _ = model.top_paths(outputs, beam_width)
+        indices, score = model.top_paths(outputs, beam_width)
         best = indices[:, :1]
         preds.append(best[:, 0].cpu())
+        scores.append(score[:, 0].float().cpu())
         probs.append(prefix_probs(model, outputs, best)[:, 0].float().cpu())
         targets.append(paths)
     return PrefixPredictions(torch.cat(preds).numpy(), torch.cat(probs).numpy().astype(np.float64),
-                             torch.cat(targets).numpy())
+                             torch.cat(targets).numpy(), torch.cat(scores).numpy().astype(np.float64))

@@ -50,6 +50,7 @@ class PrefixPredictions:
     pred: np.ndarray  # [N, T] per-level indices, IGNORE_INDEX after the path's end
     prefix_probs: np.ndarray  # [N, T] probability of the prefix of each depth, NaN after the end
     target: np.ndarray  # [N, T] true paths, same encoding as pred
+    score: np.ndarray | None = None  # [N] the best path's probability (with END for a CNN-S2S)
 
     @property
     def correct(self) -> np.ndarray:
