@@ -198,6 +198,21 @@ def test_evidence_compares_variants_on_the_same_images(tmp_path: Path) -> None:
     assert metrics.loc["RNN", "hF1"].startswith("100.00") and metrics.loc["Flat", "severity"].startswith("1.500")
 
 
+def test_evidence_reads_paths_of_different_depths(tmp_path: Path) -> None:
+    """A CNN-S2S path that ends early leaves its deeper prefix probabilities empty in predictions.csv."""
+    from dhnn.report import evidence
+
+    folder = tmp_path / "infer" / "S2S-seed0"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"test_index": [0, 1], "true path": ["a / x", "b"], "predicted path": ["a / x", "b"],
+                  "score": [0.8, 0.9], "p_level1": [0.9, 0.95], "p_level2": [0.8, None]}
+                 ).to_csv(folder / "predictions.csv", index=False)
+    images = evidence.per_image(tmp_path, ["S2S"], [0])
+    assert np.isnan(images["prefix_probs"][1][1]) and images["path_accuracy"].tolist() == [1.0, 1.0]
+    curves = evidence.backoff_curves(images)
+    assert curves[curves.tau == 0]["coverage"].iloc[0] == 1.0
+
+
 def test_default_pairs_cover_the_baseline_and_the_residual_arc() -> None:
     from dhnn.report.evidence import default_pairs
 

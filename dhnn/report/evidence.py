@@ -47,7 +47,8 @@ def per_image(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[
                 "path_accuracy": [float(t == p) for t, p in zip(true, pred)],
                 "node_accuracy": [_node_accuracy(t, p) for t, p in zip(true, pred)],
                 "score": df["score"].to_numpy(dtype=float), "true": true, "pred": pred,
-                "prefix_probs": list(df[levels].to_numpy(dtype=float)) if levels else None}))
+                # a path that ends early has no probability below its end: an empty cell, read as NaN
+                "prefix_probs": list(df[levels].replace("", np.nan).to_numpy(dtype=float)) if levels else None}))
     return pd.concat(frames, ignore_index=True)
 
 
