@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import pickle
-import re
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from ..io import atomic_path
 from ..models.registry import create_model
 from ..taxonomy import Taxonomy
 from ..tasks import get_task
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import load_checkpoint, load_plain
 
 BUNDLE_FORMAT = 1
 EXPORT_HINT = "export one with `python -m dhnn.serving.bundle --checkpoint MODEL.pt --params params.yaml --out FILE`"
@@ -125,17 +123,7 @@ def _read(path: Path) -> Any:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else would reach the old unpickler
         raise BundleError(f"{path}: not a readable dhnn bundle (not a torch archive); it may be truncated or not "
                           f"a bundle at all")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refused an object: loading it would run code
-        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
-        refused = next((line for line in lines if "Unsupported" in line), lines[-1] if lines else "")
-        raise BundleError(f"{path}: refused: it holds Python objects that loading would run ({refused}); "
-                          f"dhnn bundles hold only tensors and plain data") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BundleError(f"{path}: not a readable dhnn bundle ({first}); it may be truncated or not a bundle "
-                          f"at all") from None
+    return load_plain(path, "bundle", BundleError)
 
 
 def _check(state: Any, path: Path) -> None:

@@ -41,22 +41,28 @@ def save_checkpoint(path: str | Path, **state: Any) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def load_plain(path: Path, kind: str, error: type[ValueError], hint: str = "",
+               map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with ``weights_only=True``; a damaged file, or one that would run code, raises ``error`` naming it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused an object: loading it would run code
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+        refused = next((line for line in lines if "Unsupported" in line), lines[-1] if lines else "")
+        raise error(f"{path}: refused: it holds Python objects that loading would run ({refused}); "
+                    f"dhnn {kind}s hold only tensors and plain data") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise error(f"{path}: not a readable dhnn {kind} ({first}); it may be truncated or not a {kind} "
+                    f"at all{hint}") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; a missing or damaged file raises naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there; run the train stage first")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refused an object: loading it would run code
-        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
-        refused = next((line for line in lines if "Unsupported" in line), lines[-1] if lines else "")
-        raise CheckpointError(f"{path}: refused: it holds Python objects that loading would run ({refused}); "
-                              f"dhnn checkpoints hold only tensors and plain data") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable dhnn checkpoint ({first}); it may be truncated or "
-                              f"not a checkpoint at all; rerun its train stage") from None
+    state = load_plain(path, "checkpoint", CheckpointError, "; rerun its train stage", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a dhnn checkpoint of format {FORMAT}; rerun its train stage")
     return state
