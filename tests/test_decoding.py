@@ -35,6 +35,18 @@ def test_beam_beats_greedy() -> None:
     assert beam_scores[0].tolist() == pytest.approx([0.4 * 0.95, 0.6 * 0.45])
 
 
+def test_a_beam_can_lose_to_greedy() -> None:
+    """A beam is not an exhaustive search: when k better prefixes push the greedy prefix out, the beam
+    can end below greedy (hypothesis found such a case for an assertion that claimed otherwise)."""
+    tax = Taxonomy.from_paths([["A", "A1", "a1"], ["A", "A2", "a2"], ["B", "B1", "b1"], ["B", "B2", "b2"]])
+    probs = [torch.tensor([[0.6, 0.4]]), torch.tensor([[0.2, 0.0, 0.4, 0.4]]), torch.tensor([[0.9, 0.0, 0.05, 0.05]])]
+    beam = beam_search_indices(probs, tax, beam_width=2)[1][0, 0].item()
+    greedy = beam_search_indices(probs, tax, beam_width=1)[1][0, 0].item()
+    assert beam == pytest.approx(0.4 * 0.4 * 0.05) and greedy == pytest.approx(0.6 * 0.2 * 0.9)
+    exhaustive = beam_search_indices(probs, tax, beam_width=4)[1][0, 0].item()
+    assert exhaustive == pytest.approx(greedy)  # a beam as wide as the widest level is exact
+
+
 def test_variable_depth_and_padding() -> None:
     # "L" is a leaf at level 1: once chosen it competes unchanged with the extended paths.
     tax = Taxonomy.from_paths([["L"], ["A", "C"], ["A", "D"]])
