@@ -77,15 +77,16 @@ def test_zero_probability_paths_are_real_paths() -> None:
 
 
 @st.composite
-def trees(draw: st.DrawFn) -> Taxonomy:
-    """Random small trees, depth 1-4, fixed-depth or ragged, nodes in shuffled order."""
-    max_depth = draw(st.integers(1, 4))
+def random_trees(draw: st.DrawFn, min_depth: int = 1, top_width: int = 3, width: int = 3) -> Taxonomy:
+    """Random trees of depth min_depth-4, fixed-depth or ragged, nodes in shuffled order; nodes of the
+    first two levels have up to ``top_width`` children, deeper ones up to ``width``."""
+    max_depth = draw(st.integers(min_depth, 4))
     fixed = draw(st.booleans())
     names = iter(f"n{i}" for i in range(10_000))
     leaf_paths: list[list[str]] = []
 
     def grow(prefix: list[str]) -> None:
-        for _ in range(draw(st.integers(1, 3))):
+        for _ in range(draw(st.integers(1, top_width if len(prefix) < 2 else width))):
             path = prefix + [next(names)]
             if len(path) < max_depth and (fixed or draw(st.booleans())):
                 grow(path)
@@ -94,6 +95,11 @@ def trees(draw: st.DrawFn) -> Taxonomy:
 
     grow([])
     return Taxonomy.from_paths(draw(st.permutations(leaf_paths)))
+
+
+def trees() -> st.SearchStrategy[Taxonomy]:
+    """Random small trees, depth 1-4, up to 3 children per node."""
+    return random_trees()
 
 
 def random_scores(tax: Taxonomy, batch: int, seed: int) -> list[torch.Tensor]:
@@ -210,24 +216,9 @@ def reference_beam(level_scores: list[torch.Tensor], tax: Taxonomy, b: int,
     return beams
 
 
-@st.composite
-def wide_trees(draw: st.DrawFn) -> Taxonomy:
+def wide_trees() -> st.SearchStrategy[Taxonomy]:
     """Trees with up to 8 children per node, so that k * width is well above k."""
-    max_depth = draw(st.integers(2, 4))
-    fixed = draw(st.booleans())
-    names = iter(f"n{i}" for i in range(10_000))
-    leaf_paths: list[list[str]] = []
-
-    def grow(prefix: list[str]) -> None:
-        for _ in range(draw(st.integers(1, 8 if len(prefix) < 2 else 4))):
-            path = prefix + [next(names)]
-            if len(path) < max_depth and (fixed or draw(st.booleans())):
-                grow(path)
-            else:
-                leaf_paths.append(path)
-
-    grow([])
-    return Taxonomy.from_paths(draw(st.permutations(leaf_paths)))
+    return random_trees(min_depth=2, top_width=8, width=4)
 
 
 @settings(max_examples=40, deadline=None)
