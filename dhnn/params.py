@@ -104,7 +104,22 @@ class OpenImagesData(DataBase):
     transform: Transform | None = None
 
 
-DataParams = Annotated[Union[FashionMNISTData, FolderData, Cifar100Data, OpenImagesData], Field(discriminator="name")]
+class FashionScenesData(Strict):  # dhnn.data.fashion_scenes: 2x2 canvases of items, multi-label, some partial
+    name: Literal["fashion_scenes"]
+    root: str = "data"
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # official train images held out for val scenes
+    split_seed: NonNegativeInt = 0
+    seed: NonNegativeInt = 0  # the scenes: items, cells and which labels are partial
+    train_scenes: PositiveInt = 20000
+    val_scenes: PositiveInt = 4000
+    test_scenes: PositiveInt = 10000
+    max_items: Annotated[int, Field(ge=1, le=4)] = 4  # 1 to max_items items per scene, uniformly
+    partial_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2  # items labelled only to level 1 or 2
+    augment: bool = False
+
+
+DataParams = Annotated[Union[FashionMNISTData, FolderData, Cifar100Data, OpenImagesData, FashionScenesData],
+                       Field(discriminator="name")]
 
 
 class TaxonomyParams(Strict):
@@ -133,6 +148,7 @@ class TrainParams(Strict):
     optimizer: Literal["adam", "adamw"] = "adamw"
     schedule: Literal["onecycle", "constant"] = "onecycle"
     level_weights: list[NonNegativeFloat] | WeightSchedule = [1.0, 1.0, 1.0]  # w_t of sum_t w_t CE(y_t, o_t)
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # per level, over that level's nodes
     device: str = "auto"  # auto: CUDA when present, else CPU
     amp: bool = True      # bf16 autocast on CUDA
     nproc: PositiveInt = 1  # processes per machine for DDP (one per GPU under CUDA); 1 = no DDP
@@ -175,6 +191,7 @@ class GridParams(Strict):
 
 class BackboneParams(Strict):
     name: str
+    source: Literal["timm", "dhnn"] = "timm"  # dhnn: small_resnet (dhnn.models.small_resnet), for 28-64 px images
     pretrained: bool = False
     allow_random_init: bool = False  # with pretrained: train from scratch when the weights can't be had
     kwargs: dict[str, Any] = {}
@@ -182,7 +199,7 @@ class BackboneParams(Strict):
 
 class PoolConv(Strict):
     kind: Literal["pool"]
-    grid: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]  # [channels, H, W]
+    grid: Annotated[list[PositiveInt], Field(min_length=2, max_length=3)]  # [H, W] per channel; [C, H, W] mixes channels
     mode: Literal["max", "avg"] = "max"
 
 
@@ -225,30 +242,43 @@ class S2SParams(Strict):
     hidden_size: PositiveInt = 512
     num_layers: PositiveInt = 1
     feed: Literal["softmax", "teacher"] = "softmax"
-    end_after: Literal["leaves", "any"] = "leaves"
+    end_after: Literal["auto", "leaves", "any"] = "auto"  # auto: "any" when labels end above the leaves, else "leaves"
     embed_size: PositiveInt | None = None
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
 class AltParams(Strict):
-    alt1: NonNegativeInt  # joint training from epoch alt1 on
-    alt2: PositiveInt     # before that, the phase toggles every alt2 epochs
+    alt1: NonNegativeInt  # joint training once epoch > alt1 (the authors' test)
+    alt2: PositiveInt     # until then, the phase toggles every alt2 epochs
+    start: Literal["pretrained"] = "pretrained"  # what the frozen CNN starts from: its pretrained weights
 
 
 class FlatVariant(Strict):
     kind: Literal["flat"]
     backbone: BackboneParams
     layer: str = "layer4"
+    pre_logits: bool = False  # the timm classifier but its last layer (VGG-16's fc6/fc7) instead of `layer`
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     collapse_chains: bool = False
+    epochs: PositiveInt | None = None  # this variant's train.epochs (the paper: 15 flat, 20 hierarchical)
 
 
 class _Hierarchical(Strict):
     backbone: BackboneParams
     level_layers: Annotated[list[Annotated[list[str], Field(min_length=1)]], Field(min_length=1)]
+    downsample: dict[str, PositiveInt] = {}  # layer -> k: k x k max pooling, stride k, before its conversion
     conversion: Conversion
     alt: AltParams | None = None
     collapse_chains: bool = False
+    epochs: PositiveInt | None = None  # this variant's train.epochs
+
+    @model_validator(mode="after")
+    def _alt_from_trained_cnn(self) -> "_Hierarchical":
+        if self.alt is not None and not self.backbone.pretrained:
+            raise ValueError("alt: the alternating schedule freezes the CNN, which only means something when the "
+                             "CNN starts from pretrained weights (backbone.pretrained: true); a randomly "
+                             "initialised CNN would stay random")
+        return self
 
 
 class RNNVariant(_Hierarchical):

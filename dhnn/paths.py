@@ -26,5 +26,10 @@ def resolve(path: str | Path) -> Path:
 
 
 def run_name(variant: str, seed: int) -> str:
-    """Folder name of one (variant, seed) run, as dvc.yaml spells it."""
+    """The display name of one (variant, seed) run, as in progress lines and bundle names."""
     return f"{variant}-seed{seed}"
+
+
+def run_path(variant: str, seed: int) -> Path:
+    """A run's folder under a stage's folder, as dvc.yaml lays it out: one stage per variant, a folder per seed."""
+    return Path(variant) / f"seed{seed}"

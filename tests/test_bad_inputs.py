@@ -219,12 +219,12 @@ def metrics_of_other_run(tmp: Path, _: pytest.MonkeyPatch) -> Any:
 
     results = tmp / "results"
     for variant in ("RNN-Pool-Resi", "S2S-Pool"):
-        train = results / "train" / f"{variant}-seed0" / "dvclive"
+        train = results / "logs" / variant / "seed0" / "dvclive"
         write(train / "metrics.json", json.dumps({"params": 1000, "conversion_params": 10,
                                                   "conversion_activation_bytes": 64, "train_seconds": 1.5,
                                                   "seconds_per_step": 0.01}))
         write(train / "plots" / "metrics" / "x.tsv", "step\tvalue\n0\t0.5\n1\t0.6\n")
-        write(results / "infer" / f"{variant}-seed0" / "metrics.json",
+        write(results / "infer" / variant / "seed0" / "metrics.json",
               json.dumps({"variant": "RNN-Pool-Resi", "seed": 0,  # S2S-Pool's file is RNN-Pool-Resi's, copied
                           "path_accuracy": 0.5, "node_accuracy": 0.6, "level_accuracy": [0.9, 0.7, 0.5]}))
     return load_grid(results, ["RNN-Pool-Resi", "S2S-Pool"], [0])
@@ -328,7 +328,7 @@ CASES = [
          "(…Unsupported global: GLOBAL io.open…); dhnn checkpoints hold only tensors and plain data"),
     Case("results-metrics-other-run", "results: another run's `metrics.json` in a run's infer folder",
          metrics_of_other_run, ValueError,
-         "infer/S2S-Pool-seed0/metrics.json: holds run 'RNN-Pool-Resi' seed 0, but it is the file of 'S2S-Pool' "
+         "infer/S2S-Pool/seed0/metrics.json: holds run 'RNN-Pool-Resi' seed 0, but it is the file of 'S2S-Pool' "
          "seed 0; rerun that run's infer stage"),
     Case("weights-offline", "model: pretrained weights that can't be downloaded (offline, empty cache)",
          weights_offline, E["weights"],

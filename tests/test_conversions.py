@@ -74,7 +74,7 @@ def test_n_mode_init_keeps_the_variance(seed: int) -> None:
 def test_parameter_counts() -> None:
     c, h, w, p = 6, 7, 5, 10
     count = lambda g: sum(t.numel() for t in g.parameters())  # noqa: E731
-    assert count(PoolConversion((4, 2, 2))) == 0
+    assert count(PoolConversion((c, h, w), (4, 2, 2))) == 0
     # 7x5 -> 3x2 -> 1x1 by default; one pooling leaves 3x2
     assert count(PoolLinearConversion((c, h, w), p)) == c * 1 * 1 * p
     assert count(PoolLinearConversion((c, h, w), p, repeats=1)) == c * 3 * 2 * p
@@ -120,7 +120,7 @@ def test_conversion_cost() -> None:
         cost_large = conversion_cost(create_conversion(kind, large, **cfg), large)
         assert cost_small["output_bytes"] == 12 * 4
         assert 0 < cost_small["activation_bytes"] < cost_large["activation_bytes"], kind
-    assert conversion_cost(PoolConversion((4, 2, 2)), small)["params"] == 0
+    assert conversion_cost(PoolConversion(small, (4, 2, 2)), small)["params"] == 0
     assert conversion_cost(DenseLinear(small, 12), small)["params"] == 8 * 7 * 7 * 12
     # a dense layer saves its input (the flattened map) for backward, and not its weight
     dense = conversion_cost(DenseLinear(small, 12), small)
@@ -194,3 +194,33 @@ def test_dhnn_with_every_conversion_and_cell(kind: str, cell: str, bidirectional
     assert logits.shape == (3, TREE.num_levels, len(TREE)) and torch.isfinite(logits).all()
     model.loss(logits, paths, [1.0, 1.0, 1.0]).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_pooling_per_channel_never_mixes_channels() -> None:
+    """grid [h, w] pools each channel over space alone (the slides); p = C*h*w depends on the layer."""
+    a = torch.randn(2, 5, 6, 6)
+    g = create_conversion("pool", (5, 6, 6), grid=[2, 2], mode="avg")
+    assert g.out_features == 5 * 2 * 2
+    expected = torch.nn.functional.adaptive_avg_pool2d(a, (2, 2)).flatten(1)
+    assert torch.equal(g(a), expected)
+    a[:, 1:] = 0  # the other channels' values never reach channel 0's entries
+    assert torch.equal(g(a)[:, :4], expected[:, :4])
+
+
+def test_level_inputs_pad_per_channel_pooling_and_keep_channels_last_gradients() -> None:
+    """Layers of different widths are zero-padded to the widest; the CNN's gradients stay channels-last."""
+    from dhnn.models.rnn import LevelInputs
+
+    shapes = {"layer1": (4, 8, 8), "layer2": (8, 4, 4), "layer3": (16, 2, 2)}
+    inputs = LevelInputs([["layer3"], ["layer2", "layer1"]], shapes, {"kind": "pool", "grid": [1, 1], "mode": "avg"})
+    assert inputs.out_features == 16
+    feats = {k: torch.randn(3, *s).contiguous(memory_format=torch.channels_last).requires_grad_() for k, s in shapes.items()}
+    u = inputs(feats)
+    assert u.shape == (3, 2, 16)
+    assert torch.equal(u[:, 0], feats["layer3"].mean((2, 3)))
+    level2 = (torch.nn.functional.pad(feats["layer2"].mean((2, 3)), (0, 8))
+              + torch.nn.functional.pad(feats["layer1"].mean((2, 3)), (0, 12))) / 2
+    assert torch.allclose(u[:, 1], level2)
+    u.sum().backward()
+    assert all(f.grad.is_contiguous(memory_format=torch.channels_last) for f in feats.values())
+

@@ -71,9 +71,9 @@ def test_random_flip_crop_keeps_shape_and_pixels() -> None:
 # -- the source registry --------------------------------------------------------------------------
 
 def test_registry_tasks_and_unknown_dataset() -> None:
-    assert set(SOURCES) == {"fashion_mnist", "image_folder", "inaturalist", "cifar100", "open_images"}
+    assert set(SOURCES) == {"fashion_mnist", "image_folder", "inaturalist", "cifar100", "open_images", "fashion_scenes"}
     # node_sets (several labels per image) replaces the old is_multilabel
-    assert [n for n, s in SOURCES.items() if s.task == "node_sets"] == ["open_images"]
+    assert [n for n, s in SOURCES.items() if s.task == "node_sets"] == ["open_images", "fashion_scenes"]
     assert get_source("fashion_mnist").task == "paths"
     assert get_source("fashion_mnist").classes({"name": "fashion_mnist"}) == CLASSES
     with pytest.raises(ValueError, match="unknown data set 'imagenet'"):

@@ -6,6 +6,7 @@ import torch
 
 from dhnn.taxonomy import IGNORE_INDEX, Taxonomy
 from dhnn.models import count_parameters, create_model
+from dhnn.models.registry import resolve_config
 from dhnn.models.conversions import PoolConversion
 from dhnn.params import Variant, settings
 
@@ -73,15 +74,17 @@ def test_loss_weights_and_ignored_levels() -> None:
 
 
 def test_pool_conversion_has_no_parameters_and_fixed_size() -> None:
-    g = PoolConversion((4, 2, 2))
-    assert count_parameters(g) == 0
     for shape in [(8, 7, 7), (64, 1, 1), (3, 5, 9)]:
-        assert g(torch.randn(2, *shape)).shape == (2, 16)
+        across = PoolConversion(shape, (4, 2, 2))  # asked to pool across channels too: one size for every layer
+        per_channel = PoolConversion(shape, (2, 2))
+        assert count_parameters(across) == count_parameters(per_channel) == 0
+        assert across(torch.randn(2, *shape)).shape == (2, 16)
+        assert per_channel(torch.randn(2, *shape)).shape == (2, shape[0] * 4) and per_channel.out_features == shape[0] * 4
 
 
 def test_pool_conversion_is_the_pooled_tensor() -> None:
     a = torch.arange(2 * 4 * 4, dtype=torch.float).reshape(1, 2, 4, 4)
-    out = PoolConversion((1, 2, 2), mode="max")(a)
+    out = PoolConversion((2, 4, 4), (1, 2, 2), mode="max")(a)
     assert out.tolist() == [[21.0, 23.0, 29.0, 31.0]]
 
 
@@ -103,7 +106,8 @@ VARIANTS = {
                  "conversion": {"kind": "pool", "grid": [8, 1, 1], "mode": "avg"}, "rnn": {**HEAD, "residual": False}},
     "rnn-linear-gru": {"kind": "rnn", "backbone": BACKBONE, "level_layers": LAYERS,
                        "conversion": {"kind": "linear", "out": [4, 2, 2]}, "rnn": {**HEAD, "cell": "gru"}},
-    "rnn-conv-alt": {"kind": "rnn", "backbone": BACKBONE, "level_layers": LAYERS,
+    "rnn-conv-alt": {"kind": "rnn", "backbone": {**BACKBONE, "pretrained": True, "allow_random_init": True},
+                     "level_layers": LAYERS,
                      "conversion": {"kind": "conv", "channels": 8}, "rnn": HEAD, "alt": {"alt1": 1, "alt2": 6}},
     "rnn-dense": {"kind": "rnn", "backbone": BACKBONE, "level_layers": LAYERS,
                   "conversion": {"kind": "dense", "p": 8}, "rnn": HEAD},
@@ -119,6 +123,7 @@ def test_every_model_kind_trains_on_tiny_inputs(name: str) -> None:
     """Each kind of model and conversion, on a thin backbone: forward, backward, gradients, per-level outputs."""
     cfg = settings(Variant, VARIANTS[name])
     tree = TREE.collapse_chains() if cfg.get("collapse_chains") else TREE
+    cfg = resolve_config(cfg, tree, tree.leaves, "test")  # labels at the leaves: CNN-S2S's end_after auto -> leaves
     model = create_model(cfg, tree, in_chans=1, image_size=28)
     x = torch.randn(4, 1, 28, 28)
     paths = tree.leaf_paths()[torch.arange(4) % len(tree.leaves)]

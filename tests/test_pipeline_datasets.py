@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from dhnn.params import Params, validate
-from dhnn.pipeline import stages  # its `test` would be collected as a test if imported by name
+from dhnn.pipeline import stages, variants  # modules: stages.test would be collected as a test if imported by name
 from dhnn.report.tables import results_table
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -141,14 +141,11 @@ def _run_pipeline(params: Params, results: Path) -> dict[str, dict]:
     assert stages.taxonomy_path(results).is_file()
     out = {}
     for v in params.grid.variants:
-        for s in params.grid.seeds:
-            run = stages.prepare_training(params, v, s, stages.taxonomy_path(results))
-            history = stages.train(run, params, stages.train_dir(results, v, s))
-            assert len(history) == params.train.epochs
-            trained = stages.load_trained(params, v, s, stages.train_dir(results, v, s) / "model.pt")
-            metrics, predictions = stages.test(trained, params)
+        histories = variants.train_variant(params, v, params.grid.seeds, results)
+        assert all(len(h) == params.train.epochs for h in histories.values())
+        for s, (trained, metrics, predictions) in variants.infer_variant(params, v, params.grid.seeds, results).items():
             assert len(predictions) == len(trained.splits.test) > 0
-            stages.save_inference(stages.infer_dir(results, v, s), trained, metrics, predictions, params)
+            assert (stages.infer_dir(results, v, s) / "model.dhnn").is_file()
             out[v] = metrics
     return out
 
@@ -171,7 +168,7 @@ def test_pipeline_stages_on_each_kind_of_data(kind: str, tmp_path: Path, monkeyp
         assert (saved["variant"], saved["seed"]) == (v, 0)
         assert {k: saved[k] for k in metrics[v]} == json.loads(json.dumps(metrics[v]))
         assert (stages.infer_dir(results, v, 0) / "predictions.csv").is_file()
-        assert (stages.train_dir(results, v, 0) / "dvclive" / "metrics.json").is_file()
+        assert (stages.log_dir(results, v, 0) / "dvclive" / "metrics.json").is_file()
     runs, history, task = stages.collect(params, results)
     table = results_table(runs, task.metrics)
     assert list(table["variant"]) == list(params.grid.variants)

@@ -219,3 +219,75 @@ def test_default_pairs_cover_the_baseline_and_the_residual_arc() -> None:
     assert default_pairs(["Flat", "RNN-Pool", "RNN-Pool-Resi"]) == [
         ("RNN-Pool", "Flat"), ("RNN-Pool-Resi", "Flat"), ("RNN-Pool-Resi", "RNN-Pool")]
     assert default_pairs(["RNN-Pool-Resi"]) == []
+
+
+def test_node_set_comparisons_recompute_f1_and_bootstrap_it(tmp_path: Path) -> None:
+    """Multi-label runs: the report recomputes node and path F1 from predictions.csv and compares them with Flat."""
+    import torch
+
+    from dhnn.evaluation.metrics import node_f1, path_f1
+    from dhnn.report import evidence
+    from dhnn.report.tables import run_dirs
+    from dhnn.tasks import node_set_predictions
+    from dhnn.taxonomy import Taxonomy
+
+    tree = Taxonomy.from_paths([["a", "x"], ["a", "y"], ["b", "z"]])  # nodes a, b, x, y, z
+    gen = torch.Generator().manual_seed(0)
+    original = torch.zeros(300, 5)
+    original[torch.arange(300), torch.randint(0, 5, (300,), generator=gen)] = 1.0  # one label, some partial
+    targets = original.clone()
+    targets[:, 0] += original[:, 2] + original[:, 3]
+    targets[:, 1] += original[:, 4]
+    expected = {}
+    for variant, noise in (("Flat", 0.45), ("RNN", 0.1)):
+        for seed in (0, 1):
+            scores = (targets + noise * torch.randn(300, 5, generator=gen)).clamp(0, 1)
+            table = node_set_predictions(scores, targets, original, tree, 0.5, 0.4)
+            folder = run_dirs(tmp_path, variant, seed)[1]
+            folder.mkdir(parents=True)
+            table.to_csv(folder / "predictions.csv", index_label="test_index")
+            expected[variant, seed] = (node_f1(scores, targets, 0.5), path_f1(scores, original, tree, 0.4))
+    counts = evidence.node_set_counts(tmp_path, ["Flat", "RNN"], [0, 1])
+    assert counts["RNN"]["nodes"] == tree.nodes and counts["RNN"]["node_f1"].shape == (2, 300, 15)
+    compared = evidence.node_set_comparisons(counts, evidence.default_pairs(["Flat", "RNN"]), n_boot=500)
+    assert compared["metric"].tolist() == ["node_f1", "path_f1"]
+    for k, metric in enumerate(("node_f1", "path_f1")):
+        row = compared.iloc[k]
+        gain = np.mean([expected["RNN", s][k] - expected["Flat", s][k] for s in (0, 1)])
+        assert row.difference == pytest.approx(100 * gain) and row.ci_low < row.difference < row.ci_high
+        assert row.ci_low > 0 and row.verdict.endswith("better")
+    # runs scored on other nodes (a collapsed tree) are not paired: left out, with a warning
+    counts["RNN"]["nodes"] = counts["RNN"]["nodes"][:4]
+    with pytest.warns(UserWarning, match="RNN vs Flat: scored on different nodes"):
+        assert evidence.node_set_comparisons(counts, [("RNN", "Flat")]).empty
+
+
+def test_node_set_counts_name_a_file_without_the_sets(tmp_path: Path) -> None:
+    from dhnn.report import evidence
+    from dhnn.report.tables import run_dirs
+
+    folder = run_dirs(tmp_path, "Flat", 0)[1]
+    folder.mkdir(parents=True)
+    pd.DataFrame({"test_index": [0], "a": [0.5]}).to_csv(folder / "predictions.csv", index=False)
+    with pytest.raises(ValueError, match=r"predictions.csv: missing columns .*'true labels'"):
+        evidence.node_set_counts(tmp_path, ["Flat"], [0])
+
+
+def test_bootstrap_of_counts_matches_the_per_image_bootstrap_and_weighted_f1() -> None:
+    import torch
+
+    from dhnn.evaluation.bootstrap import paired_bootstrap, paired_bootstrap_counts
+    from dhnn.evaluation.metrics import f1_counts, weighted_f1, weighted_f1_of_counts
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 400)), rng.random((3, 400))
+    mean = paired_bootstrap_counts(a[..., None], b[..., None], lambda x: x[..., 0] / 400, n_boot=300, seed=5)
+    assert mean == pytest.approx(paired_bootstrap(a, b, n_boot=300, seed=5))  # the same resamples
+    targets, predicted = rng.random((500, 7)) < 0.3, rng.random((500, 7)) < 0.4
+    targets[:, 6] = False  # a node never true: no weight
+    counts = f1_counts(targets, predicted)
+    assert counts.shape == (500, 21) and counts.dtype == np.uint8
+    assert weighted_f1_of_counts(counts.sum(0)) == pytest.approx(weighted_f1(torch.tensor(targets), torch.tensor(predicted)))
+    assert weighted_f1_of_counts(np.zeros((2, 21))).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match=r"same non-empty shape \[S, N, K\]"):
+        paired_bootstrap_counts(counts[None], counts[None, :10], weighted_f1_of_counts)

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import random
 
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from dhnn.evaluation.backoff import PrefixPredictions
+from dhnn.evaluation.prefixes import expand_paths, on_full_tree
 from dhnn.models import create_model
-from dhnn.models.s2s import CNNS2S, S2SOutputs
+from dhnn.models.registry import resolve_config
+from dhnn.models.s2s import CNNS2S, S2SOutputs, resolve_end_after
+from dhnn.tasks import PathTask
 from dhnn.taxonomy import IGNORE_INDEX, Taxonomy
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 TREE = Taxonomy.from_csv("taxonomies/fashion_mnist.csv").collapse_chains()
 # zero_init_last=False: timm zero-initialises the last BN of each block, which blocks gradients at step 0
@@ -242,3 +252,132 @@ def test_bad_settings_fail_clearly() -> None:
         model.predict(model(images(1)), beam_width=0)
     with pytest.raises(ValueError, match=r"shape \[B, 3\]"):
         model.step_targets(torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_forget_gate_bias_is_one() -> None:
+    model = make(num_layers=2)
+    for lstm in (model.encoder, model.decoder):
+        h = lstm.hidden_size
+        biases = dict(lstm.named_parameters())
+        for name in (n for n in biases if n.startswith("bias_ih")):
+            total = biases[name] + biases[name.replace("bias_ih", "bias_hh")]  # what the gates see
+            assert torch.equal(total[h:2 * h], torch.ones(h)), name  # the forget gate (gates i, f, g, o)
+            assert total[:h].abs().sum() == 0 and total[2 * h:].abs().sum() == 0, name
+
+
+# -- end_after: where a decoded path may stop, chosen from the data -----------------------------------
+
+def test_end_after_auto_follows_the_labels() -> None:
+    where = "params.yaml: variants.S2S.s2s.end_after (data 'image_folder')"
+    assert resolve_end_after("auto", TREE, TREE.leaves, where) == "leaves"
+    assert resolve_end_after("auto", TREE, [*TREE.leaves, "shoes"], where) == "any"
+    assert resolve_end_after("any", TREE, TREE.leaves, where) == "any"
+    assert resolve_end_after("leaves", TREE, TREE.leaves, where) == "leaves"
+    with pytest.raises(ValueError) as err:
+        resolve_end_after("leaves", TREE, [*TREE.leaves, "shoes", "clothes"], where)
+    assert str(err.value).startswith(where + ": end_after is 'leaves'")
+    assert "internal nodes ('clothes', 'shoes')" in str(err.value) and "'auto' or 'any'" in str(err.value)
+    with pytest.raises(ValueError, match="resolved from the data's labels"):
+        make(end_after="auto")
+    cfg = {"kind": "s2s", "s2s": {"hidden_size": 8, "end_after": "auto"}}
+    assert resolve_config(cfg, TREE, ["shoes"], where)["s2s"] == {"hidden_size": 8, "end_after": "any"}
+    assert cfg["s2s"]["end_after"] == "auto"  # the variant's own entry is left alone
+    rnn = {"kind": "rnn", "rnn": {}}
+    assert resolve_config(rnn, TREE, ["shoes"], where) is rnn
+
+
+def test_path_task_label_ends() -> None:
+    class Data:
+        paths = torch.stack([TREE.encode_path(TREE.path(n)) for n in ("Trouser", "Shirt", "shoes", "Shirt")])
+
+    assert PathTask().label_ends([Data()], TREE) == {"Trouser", "Shirt", "shoes"}
+
+
+def _folder_project(tmp_path, monkeypatch, end_after: str, internal_class: bool):
+    """An image-folder project whose S2S variant has ``end_after``; with ``internal_class``, a class folder 'shoes'."""
+    from test_datasets import write_images
+    from test_pipeline_datasets import _image_folder, _params, _project
+
+    from dhnn.params import validate
+    from dhnn.pipeline import stages
+
+    project = _project(tmp_path, monkeypatch)
+    data, taxonomy = _image_folder(project)
+    if internal_class:  # images labelled only down to 'shoes', which has children
+        write_images(project / "data" / "images" / "shoes", 8, seed=9)
+    raw = _params("image_folder", data, taxonomy, 3).model_dump(mode="json")
+    raw["variants"]["S2S-Pool"]["s2s"]["end_after"] = end_after
+    params = validate(raw, "params.yaml")
+    stages.save_taxonomy(stages.build_taxonomy(params), project / "results")
+    return params, stages.taxonomy_path(project / "results")
+
+
+@pytest.mark.parametrize("internal_class", [False, True])
+def test_auto_end_after_is_chosen_from_the_data(tmp_path, monkeypatch, internal_class: bool) -> None:
+    from dhnn.pipeline import stages
+
+    params, taxonomy = _folder_project(tmp_path, monkeypatch, "auto", internal_class)
+    run = stages.prepare_training(params, "S2S-Pool", 0, taxonomy)
+    want = "any" if internal_class else "leaves"
+    assert run.cfg["s2s"]["end_after"] == want and run.model.end_after == want
+    shoes = run.tree.nodes.index("shoes")
+    assert bool(run.model.allowed[shoes, run.model.end]) == internal_class  # END may follow 'shoes'
+
+
+def test_explicit_leaves_with_labels_above_the_leaves_fails_before_training(tmp_path, monkeypatch) -> None:
+    from dhnn.pipeline import stages
+
+    params, taxonomy = _folder_project(tmp_path, monkeypatch, "leaves", True)
+    with pytest.raises(ValueError, match=r"params.yaml: variants.S2S-Pool.s2s.end_after \(data 'image_folder'\): "
+                                         r"end_after is 'leaves', but labels of the data end at internal nodes "
+                                         r"\('shoes'\)"):
+        stages.prepare_training(params, "S2S-Pool", 0, taxonomy)
+
+
+# -- a collapsed tree's predictions are scored on the full taxonomy -----------------------------------
+
+FULL = Taxonomy.from_csv("taxonomies/fashion_mnist.csv")
+
+
+def _encode(tree: Taxonomy, names: list[str]) -> np.ndarray:
+    return torch.stack([tree.encode_path(tree.path(n)) for n in names]).numpy()
+
+
+def test_expand_paths_puts_removed_nodes_back() -> None:
+    names = ["Trouser", "Shirt", "Bag", "goods", "shoes"]
+    full, depths = expand_paths(torch.as_tensor(_encode(TREE, names)), TREE, FULL)
+    assert FULL.decode(full) == [FULL.path(n) for n in names]
+    assert FULL.decode(full)[0] == ["clothes", "bottoms", "Trouser"]
+    # bottoms (removed) reads the prefix probability of Trouser, the kept node below it
+    assert depths.tolist()[0] == [0, 1, 1] and depths.tolist()[3] == [0, -1, -1]
+    probs = np.array([[0.9, 0.8, np.nan]] * 5)
+    pred = on_full_tree(PrefixPredictions(_encode(TREE, names), probs, _encode(TREE, names)), TREE, FULL)
+    assert np.array_equal(pred.prefix_probs[0], [0.9, 0.8, 0.8])
+    assert np.isnan(pred.prefix_probs[3, 1:]).all()
+    empty = expand_paths(torch.full((1, 3), IGNORE_INDEX), TREE, FULL)[0]
+    assert (empty == IGNORE_INDEX).all()
+    with pytest.raises(ValueError, match="is not its path in the full taxonomy"):
+        expand_paths(torch.as_tensor(_encode(TREE, names)), TREE, Taxonomy.from_paths([["clothes", "Trouser"]]))
+
+
+def test_same_predictions_same_node_accuracy_collapsed_or_not(monkeypatch) -> None:
+    true = ["Trouser", "Trouser", "Shirt", "Bag", "Coat", "Sneaker", "Dress", "Sandal"]
+    pred = ["Trouser", "Dress", "Shirt", "Sandal", "Trouser", "Sneaker", "clothes", "shoes"]
+    probs = {"full": np.array([[0.9, 0.8, 0.7]] * len(true)), "collapsed": np.array([[0.9, 0.8, 0.7]] * len(true))}
+    runs = {"full": PrefixPredictions(_encode(FULL, pred), probs["full"], _encode(FULL, true)),
+            "collapsed": PrefixPredictions(_encode(TREE, pred), probs["collapsed"], _encode(TREE, true))}
+    for run in runs.values():  # NaN after each path's end
+        run.prefix_probs[run.pred == IGNORE_INDEX] = np.nan
+
+    def test(run: str, tree: Taxonomy, full_tree: Taxonomy | None):
+        monkeypatch.setattr("dhnn.tasks.predict_prefixes", lambda *args, **kwargs: runs[run])
+        return PathTask().test(None, None, None, tree, torch.device("cpu"), 1, full_tree=full_tree)
+
+    full_metrics, full_rows = test("full", FULL, None)
+    metrics, rows = test("collapsed", TREE, FULL)
+    for key in ("path_accuracy", "node_accuracy", "level_accuracy"):
+        assert metrics[key] == full_metrics[key], key
+    assert rows[["true path", "predicted path"]].equals(full_rows[["true path", "predicted path"]])
+    assert rows["true path"][0] == "clothes / bottoms / Trouser"
+    # scored on the collapsed tree itself, the same predictions would count other levels
+    assert test("collapsed", TREE, None)[0]["node_accuracy"] != full_metrics["node_accuracy"]

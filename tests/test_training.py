@@ -147,9 +147,10 @@ def test_config_helpers(tmp_path: Path) -> None:
 def test_alt_schedule_phases() -> None:
     from dhnn.training.loop import alt_phase
 
-    assert [alt_phase(e, {"alt1": 3, "alt2": 6}) for e in range(5)] == ["head"] * 3 + ["joint"] * 2
-    assert [alt_phase(e, {"alt1": 6, "alt2": 2}) for e in range(7)] == ["head", "head", "joint", "joint", "head",
-                                                                       "head", "joint"]
+    # the authors' test is `epoch > alt1`: with alt1=3, epochs 0-3 train the head alone
+    assert [alt_phase(e, {"alt1": 3, "alt2": 6}) for e in range(6)] == ["head"] * 4 + ["joint"] * 2
+    assert [alt_phase(e, {"alt1": 6, "alt2": 2}) for e in range(8)] == ["head", "head", "joint", "joint", "head",
+                                                                       "head", "joint", "joint"]
     assert alt_phase(0, None) == "joint"
 
 

@@ -56,6 +56,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("inaturalist", "dhnn.data.folders", "paths"),
     Source("cifar100", "dhnn.data.cifar100", "paths"),
     Source("open_images", "dhnn.data.open_images", "node_sets"),
+    Source("fashion_scenes", "dhnn.data.fashion_scenes", "node_sets"),
 )}
 
 

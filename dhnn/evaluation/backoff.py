@@ -51,6 +51,8 @@ class PrefixPredictions:
     prefix_probs: np.ndarray  # [N, T] probability of the prefix of each depth, NaN after the end
     target: np.ndarray  # [N, T] true paths, same encoding as pred
     score: np.ndarray | None = None  # [N] the best path's probability (with END for a CNN-S2S)
+    topk_hit: np.ndarray | None = None  # [N] bool: the true path is among the beam's k paths
+    consistent: np.ndarray | None = None  # [N] bool: the per-level argmax nodes form a real path
 
     @property
     def correct(self) -> np.ndarray:

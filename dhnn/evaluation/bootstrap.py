@@ -7,13 +7,13 @@ lets the interval reflect both test-set sampling noise and seed-to-seed training
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["compare_to_baseline", "describe_difference", "paired_bootstrap"]
+__all__ = ["compare_to_baseline", "describe_difference", "paired_bootstrap", "paired_bootstrap_counts"]
 
 # Elements gathered per chunk of replicates (float64: 32 MB) - bounds memory for large S x N.
 _CHUNK_ELEMENTS = 4_000_000
@@ -61,6 +61,39 @@ def paired_bootstrap(a: Any, b: Any, n_boot: int = 2000, seed: int = 0, ci: floa
     alpha = 1.0 - ci
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return {"difference": float(d.mean()), "ci_low": float(low), "ci_high": float(high)}
+
+
+def paired_bootstrap_counts(a: Any, b: Any, statistic: Callable[[np.ndarray], np.ndarray], n_boot: int = 2000,
+                            seed: int = 0, ci: float = 0.95) -> dict[str, float]:
+    """Percentile CI of the seeds' mean of statistic(a_s) - statistic(b_s), for a statistic of counts summed over images.
+
+    ``a`` and ``b`` are paired per-image counts [S, N, K] (seeds x images x counts), and
+    ``statistic`` maps summed counts [..., K] to values [...]: a score such as weighted F1 that is
+    not a mean over images. Seeds and images are resampled as in :func:`paired_bootstrap` (the same
+    images for every seed and both models), so with ``statistic = sum / N`` the two agree.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 3 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"a and b must have the same non-empty shape [S, N, K], got {list(a.shape)} and {list(b.shape)}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must lie strictly between 0 and 1, got {ci!r}")
+    s, n, _ = a.shape
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    chunk = max(1, _CHUNK_ELEMENTS // (s * n))  # paired_bootstrap's chunks: the same draws
+    for start in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - start)
+        images = rng.integers(0, n, size=(c, n))
+        seeds = rng.integers(0, s, size=(c, s))
+        # how often each image is drawn: the resampled sums are then one matrix product per seed
+        weights = np.bincount((np.arange(c)[:, None] * n + images).ravel(), minlength=c * n).reshape(c, n)
+        per_seed = np.stack([statistic(weights @ a[k]) - statistic(weights @ b[k]) for k in range(s)], axis=1)
+        stats[start:start + c] = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+    low, high = np.quantile(stats, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    difference = np.mean([statistic(a[k].sum(0)) - statistic(b[k].sum(0)) for k in range(s)])
+    return {"difference": float(difference), "ci_low": float(low), "ci_high": float(high)}
 
 
 def _wide(rows: pd.DataFrame, metric: str, variant: str) -> pd.DataFrame:

@@ -122,6 +122,29 @@ def weighted_f1(targets: torch.Tensor, predicted: torch.Tensor) -> float:
     return float((f1 * support).sum() / support.sum())
 
 
+def f1_counts(targets: torch.Tensor | np.ndarray, predicted: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per image, uint8 [N, 3 |V|]: each node's true positive, false positive and false negative (in that order).
+
+    Weighted F1 is not a mean over images, but it is a function of these counts summed over images
+    (weighted_f1_of_counts), which lets a bootstrap resample images with the thresholds fixed.
+    """
+    t, p = np.asarray(targets).astype(bool), np.asarray(predicted).astype(bool)
+    if t.shape != p.shape or t.ndim != 2:
+        raise ValueError(f"targets and predicted must have the same shape [N, |V|], got {t.shape} and {p.shape}")
+    return np.concatenate([t & p, ~t & p, t & ~p], axis=1).astype(np.uint8)
+
+
+def weighted_f1_of_counts(counts: np.ndarray) -> np.ndarray:
+    """weighted_f1 from counts [..., 3 |V|] (f1_counts summed over images), over any leading axes."""
+    counts = np.asarray(counts, dtype=np.float64)
+    tp, fp, fn = np.split(counts, 3, axis=-1)
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    support = tp + fn
+    total = support.sum(-1)
+    return np.divide((f1 * support).sum(-1), total, out=np.zeros_like(total), where=total > 0)
+
+
 def node_f1(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
             threshold: float) -> float:
     """Weighted F1 over nodes, predicting each node scored >= threshold; targets ancestor-closed."""

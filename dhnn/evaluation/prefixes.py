@@ -8,6 +8,9 @@ The probability of a path's prefix of depth d is what back-off compares with tau
   the prefix may go on), replaying the decoder along the path as the beam search ran it.
 
 Each is non-increasing with depth. Depths after a path's end get NaN.
+
+A model trained on a collapsed tree (collapse_chains) is scored on the full taxonomy: its paths
+and prefix probabilities are re-encoded on it first (``on_full_tree``).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .inference import autocast
 from ..models.flat import FlatClassifier
 from ..models.rnn import DHNN
 from ..models.s2s import CNNS2S, S2SOutputs
-from ..taxonomy import IGNORE_INDEX
+from ..taxonomy import IGNORE_INDEX, Taxonomy
 from .backoff import PrefixPredictions
 
 
@@ -97,10 +100,12 @@ def predict_prefixes(model: nn.Module, loader: DataLoader, device: torch.device,
     """A loader's best paths (beam of ``beam_width``), their prefix probabilities and the true paths.
 
     The best path is the one ``model.predict`` gives (dhnn.evaluation.inference.predict), so back-off
-    tables describe the same predictions as the run's metrics.
+    tables describe the same predictions as the run's metrics. Per image also: whether the true
+    path is among the beam's ``beam_width`` paths (top-k), and whether the per-level most probable
+    nodes form a real path without the beam (``model.argmax_consistent``).
     """
     model.eval()
-    preds, probs, targets, scores = [], [], [], []
+    preds, probs, targets, scores, hits, consistent = [], [], [], [], [], []
     for images, paths, _ in loader:
         with autocast(device, amp):
             outputs = model(images.to(device, memory_format=torch.channels_last))
@@ -110,5 +115,57 @@ def predict_prefixes(model: nn.Module, loader: DataLoader, device: torch.device,
         scores.append(score[:, 0].float().cpu())
         probs.append(prefix_probs(model, outputs, best)[:, 0].float().cpu())
         targets.append(paths)
+        hits.append((indices.cpu() == paths[:, None]).all(-1).any(-1))
+        consistent.append(model.argmax_consistent(outputs).cpu())
     return PrefixPredictions(torch.cat(preds).numpy(), torch.cat(probs).numpy().astype(np.float64),
-                             torch.cat(targets).numpy(), torch.cat(scores).numpy().astype(np.float64))
+                             torch.cat(targets).numpy(), torch.cat(scores).numpy().astype(np.float64),
+                             torch.cat(hits).numpy(), torch.cat(consistent).numpy())
+
+
+def _full_tables(tree: Taxonomy, full: Taxonomy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per node of ``tree`` (and a last row for the empty path): its root path encoded on ``full``
+    [|V|+1, T_full], and per full depth the depth in ``tree`` whose prefix probability applies (-1: none)."""
+    paths = torch.full((len(tree) + 1, full.num_levels), IGNORE_INDEX)
+    depths = torch.full((len(tree) + 1, full.num_levels), -1)
+    for i, n in enumerate(tree.nodes):
+        chain = full.path(n) if n in full else []
+        if [m for m in chain if m in tree] != tree.path(n):
+            raise ValueError(f"node {n!r}: its path in the model's tree {tree.path(n)} is not its path in the full "
+                             f"taxonomy {chain or '(not a node there)'} with single-child nodes removed")
+        paths[i] = full.encode_path(chain)
+        kept = -1
+        for j in reversed(range(len(chain))):  # a removed node takes the depth of the kept node below it
+            kept = tree.depth(chain[j]) - 1 if chain[j] in tree else kept
+            depths[i, j] = kept
+    return paths, depths
+
+
+def expand_paths(indices: torch.Tensor, tree: Taxonomy, full: Taxonomy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Root paths [N, T] of ``tree`` re-encoded on ``full`` [N, T_full], and the depth of ``tree`` each depth reads.
+
+    ``tree`` is ``full.collapse_chains()``: a path ending at node n becomes ``full.path(n)``, with the
+    single-child nodes that collapsing removed put back.
+    """
+    paths, depths = _full_tables(tree, full)
+    indices = torch.as_tensor(indices).cpu().long()
+    length = (indices != IGNORE_INDEX).sum(1)
+    last = (length - 1).clamp(min=0)
+    offsets = torch.tensor([0] + tree.level_sizes[:-1]).cumsum(0)
+    node = torch.where(length > 0, offsets[last] + indices.gather(1, last[:, None])[:, 0], len(tree))
+    return paths[node], depths[node]
+
+
+def on_full_tree(pred: PrefixPredictions, tree: Taxonomy, full: Taxonomy) -> PrefixPredictions:
+    """Predicted and true paths of a model trained on ``tree`` = ``full.collapse_chains()``, scored on ``full``.
+
+    The prefix probability at a put-back node is that of the kept node below it: its only child
+    subtree, so the only way through it. Node and per-level accuracy and back-off then count the
+    same levels and nodes for every variant.
+    """
+    if tree == full:
+        return pred
+    paths, depths = expand_paths(torch.as_tensor(pred.pred), tree, full)
+    probs = np.take_along_axis(np.asarray(pred.prefix_probs, dtype=np.float64), depths.clamp(min=0).numpy(), 1)
+    target = expand_paths(torch.as_tensor(pred.target), tree, full)[0]
+    return PrefixPredictions(paths.numpy(), np.where(depths.numpy() >= 0, probs, np.nan), target.numpy(), pred.score,
+                             pred.topk_hit, pred.consistent)

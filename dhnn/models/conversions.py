@@ -2,7 +2,7 @@
 
 Every module maps a batch [B, C, H, W] to [B, p] and exposes ``out_features`` (= p):
 
-- ``pool``:        vec(Pool(a)), adaptive pooling to a fixed (c, h, w) grid; no trainable weights (slides).
+- ``pool``:        vec(Pool(a)), adaptive pooling per channel to an (h, w) grid; no trainable weights (slides).
 - ``pool_linear``: repeated 2x2 stride-2 pooling, then one dense matrix (the authors' code, option 3.1).
 - ``linear``:      vec(a x1 U1 x2 U2 x3 U3), three small factor matrices (slides).
 - ``dense``:       vec(a) times one dense matrix (the authors' code's "linear").
@@ -41,20 +41,28 @@ def _check_positive(name: str, values: Sequence[int], length: int) -> tuple[int,
 
 
 class PoolConversion(nn.Module):
-    """g(a) = vec(Pool(a)): pool a [C, H, W] map to a fixed (c, h, w) grid; no trainable weights.
+    """g(a) = vec(Pool(a)): adaptive pooling of a [C, H, W] map to a fixed grid; no trainable weights.
 
-    Pooling across channels as well as space gives every layer the same p = c*h*w, which the
-    averaging over S_t and the single RNN input size require.
+    ``grid`` [h, w] pools each channel over space to h x w, as the slides' pooling does: channels are
+    never mixed, and p = C*h*w depends on the layer (LevelInputs pads the shorter ones with zeros).
+    ``grid`` [c, h, w] also pools across channels, to c groups, so that every layer gives the same
+    p = c*h*w: only when a variant asks for it, as it averages unrelated channels together.
     """
 
-    def __init__(self, grid: Sequence[int], mode: str = "max"):
+    def __init__(self, shape: Sequence[int], grid: Sequence[int], mode: str = "max"):
         super().__init__()
+        c = _check_shape(shape)[0]
         if mode not in ("max", "avg"):
             raise ValueError(f"pooling mode must be 'max' or 'avg', got {mode!r}")
-        self.grid, self.mode = _check_positive("grid", grid, 3), mode
-        self.out_features = math.prod(self.grid)
+        if not isinstance(grid, (list, tuple)) or len(grid) not in (2, 3):
+            raise ValueError(f"grid must be [h, w] (per channel) or [c, h, w] (across channels too), got {grid!r}")
+        self.grid, self.mode = _check_positive("grid", grid, len(grid)), mode
+        self.out_features = math.prod(self.grid) * (c if len(self.grid) == 2 else 1)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if len(self.grid) == 2:
+            pool = F.adaptive_max_pool2d if self.mode == "max" else F.adaptive_avg_pool2d
+            return pool(a, self.grid).flatten(1)
         pool = F.adaptive_max_pool3d if self.mode == "max" else F.adaptive_avg_pool3d
         return pool(a.unsqueeze(1), self.grid).flatten(1)
 
@@ -174,7 +182,7 @@ class ConvConversion(nn.Module):
 
 # kind -> (class, whether it takes the feature map shape)
 CONVERSIONS: dict[str, tuple[type[nn.Module], bool]] = {
-    "pool": (PoolConversion, False),
+    "pool": (PoolConversion, True),
     "pool_linear": (PoolLinearConversion, True),
     "linear": (NModeLinear, True),
     "dense": (DenseLinear, True),

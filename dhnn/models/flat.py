@@ -9,13 +9,14 @@ import torch.nn.functional as F
 
 from ..decoding import leaf_to_paths
 from ..taxonomy import IGNORE_INDEX, Taxonomy
-from .backbone import Backbone
+from .backbone import Backbone, PreLogits
 
 
 class FlatClassifier(nn.Module):
     """The flat baseline: the backbone's last feature map, global average pooled, one softmax over the leaves."""
 
-    def __init__(self, taxonomy: Taxonomy, backbone: Backbone, dropout: float = 0.0, multilabel: bool = False):
+    def __init__(self, taxonomy: Taxonomy, backbone: Backbone | PreLogits, dropout: float = 0.0,
+                 multilabel: bool = False):
         super().__init__()
         self.taxonomy, self.backbone, self.multilabel = taxonomy, backbone, multilabel
         self.last = backbone.layers[-1]
@@ -46,11 +47,12 @@ class FlatClassifier(nn.Module):
         """Multi-label: sigmoid score of every node [B, |V|]."""
         return logits.float().sigmoid()
 
-    def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float] = ()) -> torch.Tensor:
-        """Cross-entropy over the leaves (multi-label: sigmoid cross-entropy over the nodes)."""
+    def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float] = (),
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy over the leaves, optionally label-smoothed (multi-label: sigmoid cross-entropy over the nodes)."""
         if self.multilabel:
             return F.binary_cross_entropy_with_logits(logits.float(), paths.float())
-        return F.cross_entropy(logits.float(), self.leaf_targets(paths))
+        return F.cross_entropy(logits.float(), self.leaf_targets(paths), label_smoothing=label_smoothing)
 
     @torch.no_grad()
     def top_paths(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +69,11 @@ class FlatClassifier(nn.Module):
             paths = torch.cat([paths, paths.new_full((batch, k - found, paths.shape[2]), IGNORE_INDEX)], 1)
             p = torch.cat([p, p.new_zeros(batch, k - found)], 1)
         return paths, p
+
+    @torch.no_grad()
+    def argmax_consistent(self, logits: torch.Tensor) -> torch.Tensor:
+        """Whether the per-level argmax nodes form a real path [B]: always, as a leaf names its whole path."""
+        return torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
 
     @torch.no_grad()
     def predict(self, logits: torch.Tensor, beam_width: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,8 +18,31 @@ from .backbone import Backbone
 from .conversions import create_conversion
 
 
+class _GradInLayout(torch.autograd.Function):
+    """The identity, whose gradient comes back in the memory format of its input.
+
+    Average pooling returns its gradient in NCHW even for a channels-last map; added to the
+    channels-last gradient of the next CNN block, it sends the whole backward through the CNN into
+    mixed-layout kernels (ReLU's backward three times slower: benchmarks/speed.py --profile).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last)
+        return a.view_as(a)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
+
+
 class LevelInputs(nn.Module):
-    """u_t = mean over s in S_t of g_s(a_s), stacked to [B, T, p]."""
+    """u_t = mean over s in S_t of g_s(a_s), stacked to [B, T, p].
+
+    Conversions with weights map every layer to the same p. Per-channel pooling (no weights) gives
+    C_s*h*w, which differs between layers: the shorter vectors are padded with zeros to the longest,
+    so no channel is mixed with another and the RNN's input weights simply see zeros there.
+    """
 
     def __init__(self, level_layers: Sequence[Sequence[str]], shapes: dict[str, tuple[int, int, int]], conversion: dict):
         super().__init__()
@@ -29,12 +52,14 @@ class LevelInputs(nn.Module):
         kind = cfg.pop("kind")
         self.convert = nn.ModuleDict({layer: create_conversion(kind, shapes[layer], **cfg) for layer in used})
         sizes = {m.out_features for m in self.convert.values()}
-        if len(sizes) != 1:
+        if len(sizes) != 1 and not (kind == "pool" and len(cfg["grid"]) == 2):
             raise ValueError(f"conversions give different sizes {sizes}; every layer must map to the same p")
-        self.out_features = sizes.pop()
+        self.out_features = max(sizes)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        converted = {layer: g(feats[layer]) for layer, g in self.convert.items()}
+        p = self.out_features
+        converted = {layer: F.pad(g(_GradInLayout.apply(feats[layer])), (0, p - g.out_features))
+                     for layer, g in self.convert.items()}
         return torch.stack([torch.stack([converted[s] for s in layers]).mean(0) for layers in self.level_layers], 1)
 
 
@@ -98,8 +123,12 @@ class DHNN(nn.Module):
         """Multi-label: sigmoid score of every node [B, |V|], level t's from step t."""
         return torch.cat([logits[:, t, s].float().sigmoid() for t, s in enumerate(self.level_slices)], 1)
 
-    def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float]) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, paths: torch.Tensor, level_weights: Sequence[float],
+             label_smoothing: float = 0.0) -> torch.Tensor:
         """sum_t w_t * CE(y_t, softmax(o_t)); levels a path does not reach are ignored.
+
+        ``label_smoothing`` eps mixes each level's one-hot target with the uniform distribution over
+        that level's nodes, as torch's cross_entropy does over the classes.
 
         Multi-label (``paths`` a multi-hot [B, |V|]): sum_t w_t * sigmoid cross-entropy over level t's nodes.
         """
@@ -111,7 +140,11 @@ class DHNN(nn.Module):
             y = paths[:, t]
             # a sum over the samples that reach level t: a batch where none does adds 0, not NaN
             n = (y != IGNORE_INDEX).sum().clamp(min=1)
-            total = total + w * F.nll_loss(lp, y, ignore_index=IGNORE_INDEX, reduction="sum") / n
+            nll = F.nll_loss(lp, y, ignore_index=IGNORE_INDEX, reduction="sum")
+            if label_smoothing:
+                uniform = -(lp.mean(-1) * (y != IGNORE_INDEX)).sum()
+                nll = (1 - label_smoothing) * nll + label_smoothing * uniform
+            total = total + w * nll / n
         return total
 
     @torch.no_grad()
@@ -121,6 +154,15 @@ class DHNN(nn.Module):
             raise ValueError("a multi-label model predicts node scores (node_scores), not single paths")
         probs = [lp.exp() for lp in self.level_log_probs(logits)]
         return beam_search_indices(probs, self.taxonomy, k)
+
+    @torch.no_grad()
+    def argmax_consistent(self, logits: torch.Tensor) -> torch.Tensor:
+        """Whether each level's most probable node is a child of the level above's [B], without the beam."""
+        best = [lp.argmax(-1) for lp in self.level_log_probs(logits)]
+        ok = torch.ones_like(best[0], dtype=torch.bool)
+        for t in range(1, len(best)):
+            ok &= self.taxonomy.parent_index(t).to(best[t].device)[best[t]] == best[t - 1]
+        return ok
 
     @torch.no_grad()
     def predict(self, logits: torch.Tensor, beam_width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True, help="the run's seed")
     parser.add_argument("--results", default="results",
                         help="the results folder: the tree is read from its taxonomy/taxonomy.json and the run "
-                             "written to train/<variant>-seed<k>/ (default: results)")
+                             "written to train/<variant>/seed<k>/ (default: results)")
     parser.add_argument("--taxonomy", help="the tree file, instead of the results folder's")
     parser.add_argument("--out", help="the run's folder, instead of the results folder's")
+    parser.add_argument("--logs", help="the folder of its dvclive logs (default: the run's folder)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = setup(params.train.device)
     try:
         run = stages.prepare_training(params, args.variant, args.seed, taxonomy)
-        history = stages.train_in_process(run, params, out, dist)
+        history = stages.train_in_process(run, params, out, dist, logs=args.logs)
         if dist.is_main:
             atomic_write_json(out / stages.DDP_HISTORY, history)
         barrier(dist)  # nobody leaves the group while rank 0 still writes

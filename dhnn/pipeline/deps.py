@@ -17,8 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 MODULE_NAME = re.compile(r"^dhnn(\.[A-Za-z_]\w*)+$")
 # stage name in dvc.yaml -> what it runs: a notebook, or a dhnn module run with python -m
 STAGES = {"taxonomy": "notebooks/00_taxonomy.ipynb", "train": "notebooks/01_train.ipynb",
-          "infer": "notebooks/02_infer.ipynb", "report": "notebooks/03_report.ipynb",
-          "export": "dhnn/serving/bundle.py"}
+          "infer": "notebooks/02_infer.ipynb", "report": "notebooks/03_report.ipynb"}
 
 
 def module_file(name: str) -> Path | None:

@@ -1,10 +1,10 @@
-"""The pipeline's stages as functions: what each notebook calls, and what a demo run chains together.
+"""The pipeline's steps as functions, one (variant, seed) run at a time; dhnn.pipeline.variants
+runs them over every seed of a variant, as the train and infer stages do.
 
-``dvc repro`` runs each notebook with ``params_file``, ``results_dir`` and (for a run) ``variant``
-and ``seed``; the notebook validates the params, calls the functions here step by step, and shows
-what they return. Folders follow one layout under ``results_dir``:
+Folders follow one layout under ``results_dir``:
 
-    taxonomy/taxonomy.json   train/<variant>-seed<k>/   infer/<variant>-seed<k>/   report/
+    taxonomy/taxonomy.json   train/<variant>/seed<k>/model.pt   logs/<variant>/seed<k>/dvclive/
+    infer/<variant>/seed<k>/   report/
 """
 from __future__ import annotations
 
@@ -19,14 +19,10 @@ from ..data.base import Splits, make_loader
 from ..data.registry import dataset_taxonomy, get_source
 from ..evaluation.inference import select_device
 from ..io import atomic_write_json, atomic_write_text
-from ..params import Params, load_params
-from ..paths import resolve, run_name
+from ..params import Params
+from ..paths import resolve, run_path
 from ..tasks import get_task
 from ..taxonomy import Taxonomy
-
-DEMO_PARAMS = "configs/demo.yaml"
-DEMO_RESULTS = "results/demo"
-DEMO_ENV = "DHNN_DEMO"  # set (tests do) to make notebooks opened on their own always run the demo
 
 
 def taxonomy_path(results_dir: str | Path) -> Path:
@@ -36,75 +32,18 @@ def taxonomy_path(results_dir: str | Path) -> Path:
 
 def train_dir(results_dir: str | Path, variant: str, seed: int) -> Path:
     """A run's training folder."""
-    return resolve(results_dir) / "train" / run_name(variant, seed)
+    return resolve(results_dir) / "train" / run_path(variant, seed)
+
+
+def log_dir(results_dir: str | Path, variant: str, seed: int) -> Path:
+    """A run's training logs (dvclive's learning curves), apart from its model, so that a retrained
+    identical model leaves its inference current."""
+    return resolve(results_dir) / "logs" / run_path(variant, seed)
 
 
 def infer_dir(results_dir: str | Path, variant: str, seed: int) -> Path:
     """A run's inference folder."""
-    return resolve(results_dir) / "infer" / run_name(variant, seed)
-
-
-# -- what a notebook opened on its own shows -------------------------------------------------------
-
-@dataclass
-class Context:
-    """The params and the results folder a notebook works with.
-
-    ``demo``: the tiny demo of configs/demo.yaml under results/demo. ``writes``: whether the
-    notebook saves its outputs (a notebook opened on its own over the real results only shows them,
-    so that it never rewrites what ``dvc repro`` made).
-    """
-
-    params: Params
-    results_dir: Path
-    demo: bool
-    writes: bool
-
-
-def context(params_file: str | None, results_dir: str | None, needs: str | None = None,
-            show_real: bool = False) -> Context:
-    """The notebook's params and results folder.
-
-    Under ``dvc repro`` both are given. Opened on its own, a notebook with ``show_real`` shows the
-    real results of params.yaml when every run has its ``needs`` stage ("train" or "infer") done;
-    otherwise it runs the tiny demo, whose missing upstream stages ``needs`` are made in this
-    process first (see :func:`ensure_demo`).
-    """
-    if params_file is not None:
-        return Context(load_params(params_file), resolve(results_dir or "results"), False, True)
-    if show_real and not os.environ.get(DEMO_ENV) and resolve("params.yaml").is_file():
-        params = load_params("params.yaml")
-        if needs and _complete(params, resolve("results"), needs):
-            return Context(params, resolve("results"), False, False)
-    params = load_params(DEMO_PARAMS)
-    if needs:
-        ensure_demo(params, needs)
-    return Context(params, resolve(DEMO_RESULTS), True, True)
-
-
-def _complete(params: Params, results_dir: Path, stage: str) -> bool:
-    runs = [(v, s) for v in params.grid.variants for s in params.grid.seeds]
-    if stage == "train":
-        return all((train_dir(results_dir, v, s) / "model.pt").is_file() for v, s in runs)
-    return all((infer_dir(results_dir, v, s) / "metrics.json").is_file() for v, s in runs)
-
-
-def ensure_demo(params: Params, upto: str) -> None:
-    """Make every demo stage up to ``upto`` ("taxonomy", "train" or "infer") that is missing, in this process."""
-    results = resolve(DEMO_RESULTS)
-    if not taxonomy_path(results).is_file():
-        save_taxonomy(build_taxonomy(params), results)
-    if upto == "taxonomy":
-        return
-    for variant in params.grid.variants:
-        for seed in params.grid.seeds:
-            if not (train_dir(results, variant, seed) / "model.pt").is_file():
-                run = prepare_training(params, variant, seed, taxonomy_path(results))
-                train(run, params, train_dir(results, variant, seed))
-            if upto == "infer" and not (infer_dir(results, variant, seed) / "metrics.json").is_file():
-                trained = load_trained(params, variant, seed, train_dir(results, variant, seed) / "model.pt")
-                metrics, predictions = test(trained, params)
-                save_inference(infer_dir(results, variant, seed), trained, metrics, predictions, params)
+    return resolve(results_dir) / "infer" / run_path(variant, seed)
 
 
 # -- taxonomy --------------------------------------------------------------------------------------
@@ -158,37 +97,52 @@ class TrainRun:
     task: object
     parameters: int
     conversion: dict
+    full_tree: Taxonomy | None = None  # with collapse_chains: the taxonomy ``tree`` was collapsed from
+
+
+def _end_after_where(params: Params, variant: str) -> str:
+    return f"{params.source}: variants.{variant}.s2s.end_after (data {params.data.name!r})"
 
 
 def prepare_training(params: Params, variant: str, seed: int, taxonomy_file: str | Path) -> TrainRun:
-    """Seed everything, read the tree and the data, and build the variant's model."""
+    """Seed everything, read the tree and the data, and build the variant's model.
+
+    Settings that depend on the labels (CNN-S2S's ``end_after: auto``) are fixed here, from every
+    split's labels, before training starts; the run's ``cfg`` is the fixed one.
+    """
     # models and training import timm and torchvision: only the stages that build models pay for them
-    from ..models.registry import conversion_summary, count_parameters, create_model
+    from ..models.registry import conversion_summary, count_parameters, create_model, resolve_config
     from ..training.loop import seed_everything
 
     seed_everything(seed)
-    tree = check_tree(params, variant, Taxonomy.load(resolve(taxonomy_file)))
+    full = Taxonomy.load(resolve(taxonomy_file))
+    tree = check_tree(params, variant, full)
     cfg, data = params.variant(variant), params.section("data")
     source = get_source(data["name"])
     task = get_task(source.task)
     splits = source.splits(data, tree)
+    ends = task.label_ends([splits.train, splits.val, splits.test], tree)
+    cfg = resolve_config(cfg, tree, ends, _end_after_where(params, variant))
     model = create_model(cfg, tree, splits.in_chans, splits.image_size, task.multilabel)
     return TrainRun(variant, seed, cfg, tree, splits, model, task, count_parameters(model),
-                    conversion_summary(model, splits.in_chans, splits.image_size))
+                    conversion_summary(model, splits.in_chans, splits.image_size),
+                    full if cfg.get("collapse_chains") else None)
 
 
-def train(run: TrainRun, params: Params, out_dir: str | Path) -> pd.DataFrame:
+def train(run: TrainRun, params: Params, out_dir: str | Path, last_file: str | Path | None = None,
+          logs: str | Path | None = None) -> pd.DataFrame:
     """Train ``run``, resuming from its last finished epoch if it was interrupted; the history per epoch.
 
     With ``train.nproc`` above 1 the run trains data-parallel in that many processes on this
     machine (torchrun, one GPU each under CUDA): see :func:`train_distributed`.
     """
     if params.train.nproc > 1:
-        return pd.DataFrame(train_distributed(run, params, out_dir))
-    return pd.DataFrame(train_in_process(run, params, out_dir))
+        return pd.DataFrame(train_distributed(run, params, out_dir, logs))
+    return pd.DataFrame(train_in_process(run, params, out_dir, last_file=last_file, logs=logs))
 
 
-def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=None) -> list[dict]:
+def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=None,
+                     last_file: str | Path | None = None, logs: str | Path | None = None) -> list[dict]:
     """Train ``run`` in this process; the history per epoch.
 
     ``dist`` (dhnn.training.distributed.Dist) is this process's rank in a torchrun job: it then
@@ -217,16 +171,19 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
     if dist is not None:
         settings["world_size"] = dist.world_size  # resume only with as many processes
     info = {"variant": run.variant, "seed": run.seed, "config": run.cfg, "taxonomy": run.tree.to_dict()}
+    if run.full_tree is not None:  # test scores on it (PathTask.test)
+        info["full_taxonomy"] = run.full_tree.to_dict()
     main = dist is None or dist.is_main
-    live_dir = str(out / "dvclive")
+    live_dir = str(resolve(logs or out) / "dvclive")
     with Live(live_dir, save_dvc_exp=False, dvcyaml=False, report=None) if main else nullcontext() as live:
-        history = fit(run.model, train_loader, val_loader, task=run.task, epochs=t.epochs, lr=t.lr,
+        history = fit(run.model, train_loader, val_loader, task=run.task, lr=t.lr,
+                      epochs=run.cfg.get("epochs") or t.epochs,  # a variant's own epochs override train.epochs
                       weight_decay=t.weight_decay, level_weights=params.section("train")["level_weights"],
                       beam_width=params.infer.beam_width,
                       device=select_device(t.device) if dist is None else dist.device, out_dir=out,
                       run_info=info, fingerprint=fingerprint(settings), live=live, amp=t.amp,
                       progress=rt.progress, alt=run.cfg.get("alt"), optimizer=t.optimizer, schedule=t.schedule,
-                      dist=dist)
+                      dist=dist, label_smoothing=t.label_smoothing, last_file=last_file)
         if main:
             live.summary.update(params=run.parameters, **run.conversion,
                                 **summarize_history(history, run.task.select))
@@ -236,7 +193,7 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
 DDP_HISTORY = "history.json"  # what rank 0 of a torchrun job leaves beside model.pt for train_distributed
 
 
-def train_distributed(run: TrainRun, params: Params, out_dir: str | Path) -> list[dict]:
+def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: str | Path | None = None) -> list[dict]:
     """Train ``run`` in ``train.nproc`` processes on this machine under torchrun; the history per epoch.
 
     Each process runs ``python -m dhnn.pipeline.ddp_train`` on the params file these params were
@@ -265,7 +222,8 @@ def train_distributed(run: TrainRun, params: Params, out_dir: str | Path) -> lis
     history_file.unlink(missing_ok=True)  # never read back a history that an earlier job left
     with tempfile.TemporaryDirectory(prefix="dhnn-ddp-") as tmp:
         taxonomy = Path(tmp) / "taxonomy.json"
-        run.tree.save(taxonomy)  # the tree the run trains on (collapsing it again changes nothing)
+        # the tree the run was prepared from: each process collapses it again, as prepare_training did
+        (run.tree if run.full_tree is None else run.full_tree).save(taxonomy)
         source = Path(params.source)
         if not source.is_file():  # params validated from a mapping, not read from a file
             source = Path(tmp) / "params.yaml"
@@ -276,6 +234,8 @@ def train_distributed(run: TrainRun, params: Params, out_dir: str | Path) -> lis
                "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=dhnn-{uuid.uuid4().hex}", "--local-addr=127.0.0.1",
                f"--nproc_per_node={n}", "-m", "dhnn.pipeline.ddp_train", "--params", str(source),
                "--variant", run.variant, "--seed", str(run.seed), "--taxonomy", str(taxonomy), "--out", str(out)]
+        if logs is not None:
+            cmd += ["--logs", str(resolve(logs))]
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # share the cores
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -322,27 +282,34 @@ class Trained:
     splits: Splits
     model: nn.Module
     task: object
+    full_tree: Taxonomy | None = None  # with collapse_chains: the taxonomy test scores on
 
 
 def load_trained(params: Params, variant: str, seed: int, checkpoint: str | Path) -> Trained:
     """Rebuild a run's model from its checkpoint, refusing one of another run or other settings."""
-    from ..models.registry import create_model
+    from ..models.registry import create_model, resolve_config
     from ..training.checkpoint import CheckpointError, check_run, load_checkpoint
 
     path = resolve(checkpoint)
     state = load_checkpoint(path)
     check_run(state, path, variant, seed)
-    if state.get("config") != params.variant(variant):
-        raise CheckpointError(f"{path}: trained with other settings for {variant!r} than params.yaml has now; "
-                              f"rerun `dvc repro` to retrain it")
     tree = Taxonomy.from_dict(state["taxonomy"])
     data = params.section("data")
     source = get_source(data["name"])
     task = get_task(source.task)
     splits = source.splits(data, tree)
+    ends = task.label_ends([splits.train, splits.val, splits.test], tree)
+    if state.get("config") != resolve_config(params.variant(variant), tree, ends, _end_after_where(params, variant)):
+        raise CheckpointError(f"{path}: trained with other settings for {variant!r} than params.yaml has now; "
+                              f"rerun `dvc repro` to retrain it")
+    full = state.get("full_taxonomy")
+    if state["config"].get("collapse_chains") and full is None:
+        raise CheckpointError(f"{path}: trained on a collapsed tree without recording the full taxonomy, which "
+                              f"test scores on; rerun its train stage")
     model = create_model(state["config"], tree, splits.in_chans, splits.image_size, task.multilabel)
     model.load_state_dict(state["model"])
-    return Trained(variant, seed, state["epoch"], tree, splits, model.to(select_device(params.train.device)), task)
+    return Trained(variant, seed, state["epoch"], tree, splits, model.to(select_device(params.train.device)), task,
+                   None if full is None else Taxonomy.from_dict(full))
 
 
 def test(trained: Trained, params: Params) -> tuple[dict, pd.DataFrame]:
@@ -352,7 +319,7 @@ def test(trained: Trained, params: Params) -> tuple[dict, pd.DataFrame]:
                for s in (trained.splits.val, trained.splits.test)]
     device = next(trained.model.parameters()).device
     return trained.task.test(trained.model, *loaders, trained.tree, device, params.infer.beam_width, params.train.amp,
-                             params.infer.backoff_precision)
+                             params.infer.backoff_precision, full_tree=trained.full_tree)
 
 
 def save_inference(out_dir: str | Path, trained: Trained, metrics: dict, predictions: pd.DataFrame,

@@ -2,8 +2,9 @@
 baseline, and hierarchical metrics beyond path accuracy (single-label runs).
 
 Every run's ``predictions.csv`` (from the infer stage) holds, per test image, the true path, the
-predicted path and its probability. The functions here read those files once into one long table
-and derive everything from it, so the comparisons and the metrics agree by construction.
+predicted path and its probability (multi-label runs: the true and predicted node sets). The
+functions here read those files once and derive everything from them, so the comparisons and the
+metrics agree by construction.
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.backoff import per_depth, risk_coverage
-from ..evaluation.bootstrap import compare_to_baseline, describe_difference
-from ..evaluation.hierarchical import expected_calibration_error, hierarchical_prf, mistake_severity
+from ..evaluation.bootstrap import compare_to_baseline, describe_difference, paired_bootstrap_counts
+from ..evaluation.hierarchical import (expected_calibration_error, hierarchical_prf, mistake_severity,
+                                       reliability_table)
+from ..evaluation.metrics import f1_counts, weighted_f1_of_counts
+from ..tasks import NODE_SET_COLUMNS
 from .tables import run_dirs
 
 SEPARATOR = " / "
@@ -47,6 +51,8 @@ def per_image(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[
                 "path_accuracy": [float(t == p) for t, p in zip(true, pred)],
                 "node_accuracy": [_node_accuracy(t, p) for t, p in zip(true, pred)],
                 "score": df["score"].to_numpy(dtype=float), "true": true, "pred": pred,
+                "topk_hit": df["topk_hit"].to_numpy(dtype=float) if "topk_hit" in df else np.nan,
+                "consistent": df["consistent"].to_numpy(dtype=float) if "consistent" in df else np.nan,
                 # a path that ends early has no probability below its end: an empty cell, read as NaN
                 "prefix_probs": list(df[levels].replace("", np.nan).to_numpy(dtype=float)) if levels else None}))
     return pd.concat(frames, ignore_index=True)
@@ -70,26 +76,97 @@ def comparisons(images: pd.DataFrame, pairs: Sequence[tuple[str, str]], n_boot: 
     return out
 
 
+# -- node sets (multi-label runs) ------------------------------------------------------------------
+#
+# Node and path F1 are weighted F1 scores over the test set, not means over images, so the
+# comparisons resample the per-image true/false positive and false negative counts of each node at
+# the run's thresholds (chosen on validation, fixed here) and recompute F1 on every resample.
+
+def _node_set(cell: str) -> list[int]:
+    return [int(i) for i in cell.split()]
+
+
+def node_set_counts(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]
+                    ) -> dict[str, dict[str, object]]:
+    """Per variant: its ``nodes`` (the score columns) and, for node_f1 and path_f1, per-image F1 counts
+    [S, N, 3 |V|] (evaluation.metrics.f1_counts) over the test images in ``test_index`` order."""
+    out: dict[str, dict[str, object]] = {}
+    for variant in variants:
+        runs: dict[str, list[np.ndarray]] = {"node_f1": [], "path_f1": []}
+        nodes = images = None
+        for seed in seeds:
+            path = run_dirs(results_dir, variant, seed)[1] / "predictions.csv"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no predictions; did the infer stage run?")
+            df = pd.read_csv(path, keep_default_na=False, dtype={c: str for c in NODE_SET_COLUMNS})
+            missing = {"test_index", *NODE_SET_COLUMNS} - set(df.columns)
+            if missing:
+                raise ValueError(f"{path}: missing columns {sorted(missing)}; rerun its infer stage")
+            df = df.sort_values("test_index")
+            columns = [c for c in df.columns if c != "test_index" and c not in NODE_SET_COLUMNS]
+            if nodes is not None and (columns != nodes or not np.array_equal(df["test_index"], images)):
+                raise ValueError(f"{path}: other nodes or test images than seed {seeds[0]} of {variant!r}")
+            nodes, images = columns, df["test_index"].to_numpy()
+            sets = {}
+            for name in NODE_SET_COLUMNS:
+                mask = np.zeros((len(df), len(nodes)), dtype=bool)
+                for row, cell in enumerate(df[name]):
+                    mask[row, _node_set(cell)] = True
+                sets[name] = mask
+            runs["node_f1"].append(f1_counts(sets["true nodes"], sets["node prediction"]))
+            runs["path_f1"].append(f1_counts(sets["true labels"], sets["path prediction"]))
+        out[variant] = {"nodes": nodes, "images": images, **{m: np.stack(c) for m, c in runs.items()}}
+    return out
+
+
+def node_set_comparisons(counts: dict[str, dict[str, object]], pairs: Sequence[tuple[str, str]],
+                         n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """95% paired bootstrap intervals (images and seeds resampled) of node and path F1, variant minus
+    baseline, in points; the columns of :func:`comparisons`. Pairs scored on different trees
+    (collapse_chains) or test images are left out, with a warning: their F1 scores are not paired."""
+    import warnings
+
+    rows = []
+    for variant, baseline in pairs:
+        a, b = counts[variant], counts[baseline]
+        if a["nodes"] != b["nodes"] or not np.array_equal(a["images"], b["images"]):
+            warnings.warn(f"{variant} vs {baseline}: scored on different nodes or test images; not compared",
+                          stacklevel=2)
+            continue
+        for metric in ("node_f1", "path_f1"):
+            res = paired_bootstrap_counts(a[metric], b[metric], weighted_f1_of_counts, n_boot=n_boot, seed=seed)
+            rows.append({"variant": variant, "baseline": baseline, "metric": metric,
+                         **{k: 100.0 * v for k, v in res.items()}})
+    out = pd.DataFrame(rows, columns=["variant", "baseline", "metric", "difference", "ci_low", "ci_high"])
+    out["verdict"] = [describe_difference(row) for _, row in out.iterrows()]
+    return out
+
+
 def default_pairs(variants: Sequence[str], baseline: str = "Flat") -> list[tuple[str, str]]:
-    """Each variant against the flat baseline, and the residual arc (X-Resi against X) where both ran."""
+    """Each variant against the flat baseline, the residual arc (X-Resi against X), and CNN-S2S against
+    CNN-RNN (S2S-X against RNN-X), wherever both ran."""
     pairs = [(v, baseline) for v in variants if v != baseline] if baseline in variants else []
     pairs += [(v, v.removesuffix("-Resi")) for v in variants if v.endswith("-Resi") and v.removesuffix("-Resi") in variants]
+    pairs += [(v, "RNN-" + v.removeprefix("S2S-")) for v in variants
+              if v.startswith("S2S-") and "RNN-" + v.removeprefix("S2S-") in variants]
     return pairs
 
 
 def hierarchical_metrics(images: pd.DataFrame) -> pd.DataFrame:
-    """Per variant, mean (sd) over seeds: hierarchical precision/recall/F1, mistake severity, and the
-    expected calibration error of the path probability, all in percent except severity (levels)."""
+    """Per variant, mean (sd) over seeds: hierarchical precision/recall/F1, mistake severity, the
+    expected calibration error of the path probability, top-k path accuracy (the beam's k paths) and
+    the consistency rate of the per-level argmax, all in percent except severity (levels)."""
     rows = []
     for (variant, seed), run in images.groupby(["variant", "seed"], sort=False):
         hp, hr, hf = hierarchical_prf(list(run["true"]), list(run["pred"]))
         rows.append({"variant": variant, "seed": seed, "hP": 100 * hp, "hR": 100 * hr, "hF1": 100 * hf,
                      "severity": mistake_severity(list(run["true"]), list(run["pred"])),
-                     "ECE": 100 * expected_calibration_error(run["score"].clip(0, 1), run["path_accuracy"])})
+                     "ECE": 100 * expected_calibration_error(run["score"].clip(0, 1), run["path_accuracy"]),
+                     "top-k": 100 * run["topk_hit"].mean(), "consistency": 100 * run["consistent"].mean()})
     runs = pd.DataFrame(rows)
     stats = runs.drop(columns="seed").groupby("variant", sort=False).agg(["mean", "std"])
     out = pd.DataFrame({"variant": stats.index})
-    for metric in ("hP", "hR", "hF1", "severity", "ECE"):
+    for metric in ("hP", "hR", "hF1", "severity", "ECE", "top-k", "consistency"):
         digits = 3 if metric == "severity" else 2
         out[metric] = [f"{m:.{digits}f}" + ("" if np.isnan(s) else f" ({s:.{digits}f})")
                        for m, s in zip(stats[(metric, "mean")], stats[(metric, "std")])]
@@ -152,3 +229,16 @@ def backoff_summary(results_dir: str | Path, variants: Sequence[str], seeds: Seq
     if not table.empty:
         table = table.groupby("variant", sort=False).mean().reset_index()
     return taus, table
+
+
+def severity_per_run(images: pd.DataFrame) -> pd.DataFrame:
+    """Mistake severity of every (variant, seed) run: columns variant, seed, severity (levels)."""
+    return pd.DataFrame([{"variant": v, "seed": s, "severity": mistake_severity(list(run["true"]), list(run["pred"]))}
+                         for (v, s), run in images.groupby(["variant", "seed"], sort=False)])
+
+
+def reliability(images: pd.DataFrame, bins: int = 15) -> pd.DataFrame:
+    """Per variant (its seeds pooled), the reliability table of the best path's probability."""
+    frames = [reliability_table(run["score"].clip(0, 1), run["path_accuracy"], bins).assign(variant=v)
+              for v, run in images.groupby("variant", sort=False)]
+    return pd.concat(frames, ignore_index=True)

@@ -24,7 +24,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_path
 
-__all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_risk_coverage", "plot_taxonomy", "save_figure"]
+__all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_reliability", "plot_risk_coverage", "plot_severity",
+           "plot_taxonomy", "save_figure"]
 
 _STYLE, _CONTEXT = "whitegrid", "notebook"
 
@@ -185,6 +186,37 @@ def plot_risk_coverage(curves: pd.DataFrame) -> Figure:
             ax.plot(rows["coverage"], rows["risk"], label=variant, color=palette[variant])
         ax.set(xlabel="coverage (answers at any depth)", ylabel="risk (wrong answers)", xlim=(0, 1.02))
         ax.legend(fontsize="small")
+    return fig
+
+
+def plot_reliability(bins: pd.DataFrame) -> Figure:
+    """Reliability diagram: accuracy of the best path against its probability, per confidence bin and variant."""
+    _require(bins, ["variant", "confidence", "accuracy", "count"], "reliability")
+    shown = bins[bins["count"] > 0]
+    palette = _variant_palette(_ordered_unique(shown["variant"]))
+    with sns.axes_style(_STYLE), sns.plotting_context(_CONTEXT):
+        fig, ax = plt.subplots(figsize=(5.2, 4.4), layout="constrained")
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+        for variant, rows in shown.groupby("variant", sort=False):
+            ax.plot(rows["confidence"], rows["accuracy"], marker="o", markersize=3, label=variant,
+                    color=palette[variant])
+        ax.set(xlabel="probability of the predicted path", ylabel="path accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_severity(severity: pd.DataFrame) -> Figure:
+    """Mistake severity per variant: the mean height of the lowest common ancestor over wrong paths, one dot per seed."""
+    _require(severity, ["variant", "seed", "severity"], "severity")
+    variants = _ordered_unique(severity["variant"])
+    palette = _variant_palette(variants)
+    with sns.axes_style(_STYLE), sns.plotting_context(_CONTEXT):
+        fig, ax = plt.subplots(figsize=(1.1 * len(variants) + 2.5, 3.8), layout="constrained")
+        sns.barplot(data=severity, x="variant", y="severity", hue="variant", palette=palette, errorbar=None,
+                    alpha=0.6, ax=ax, legend=False)
+        sns.stripplot(data=severity, x="variant", y="severity", color="black", size=4, ax=ax)
+        ax.set(xlabel="", ylabel="mistake severity (levels)")
+        ax.tick_params(axis="x", rotation=30)
     return fig
 
 

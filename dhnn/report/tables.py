@@ -184,11 +184,11 @@ TRAIN_SUMMARY_KEYS: tuple[str, ...] = ("params", "conversion_params", "conversio
 
 
 def run_dirs(results_dir: str | Path, variant: str, seed: int) -> tuple[Path, Path]:
-    """The train and infer output folders of one run, as dvc.yaml lays them out."""
-    from ..paths import run_name
+    """The training-log (dvclive) and infer folders of one run, as dvc.yaml lays them out."""
+    from ..paths import run_path
 
-    name = run_name(variant, seed)
-    return Path(results_dir) / "train" / name, Path(results_dir) / "infer" / name
+    name = run_path(variant, seed)
+    return Path(results_dir) / "logs" / name, Path(results_dir) / "infer" / name
 
 
 def read_dvclive_history(dvclive_dir: str | Path) -> pd.DataFrame:

@@ -62,6 +62,10 @@ def preprocessing_for(data_cfg: dict) -> dict:
 
         return {"kind": "tensor", "mode": "L", "in_chans": 1, "image_size": cfg.get("image_size") or 28,
                 "mean": [MEAN], "std": [STD]}
+    if name == "fashion_scenes":
+        from ..data.fashion_scenes import MEAN, SIZE, STD
+
+        return {"kind": "tensor", "mode": "L", "in_chans": 1, "image_size": SIZE, "mean": [MEAN], "std": [STD]}
     stats: tuple = (IMAGENET_MEAN, IMAGENET_STD)
     if name == "cifar100":
         from ..data.cifar100 import CIFAR100_MEAN, CIFAR100_STD

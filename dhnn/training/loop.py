@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..console import say
 from ..evaluation.inference import autocast
+from ..paths import run_name
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import Dist, all_reduce_mean, broadcast_object, gather_objects, wrap
 
@@ -34,11 +35,11 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def alt_phase(epoch: int, alt: dict | None) -> str:
     """'head' (CNN frozen) or 'joint' for ``epoch`` under the authors' alternating ("Alt") schedule.
 
-    Before epoch ``alt1`` the phase toggles every ``alt2`` epochs, starting with 'head'; from
-    ``alt1`` on everything trains jointly. The paper's runs used alt1=3, alt2=6: the conversion and
-    RNN alone for epochs 0-2, then joint training. ``alt=None`` trains jointly throughout.
+    Up to and including epoch ``alt1`` the phase toggles every ``alt2`` epochs, starting with
+    'head'; after it everything trains jointly. The paper's runs used alt1=3, alt2=6: the conversion
+    and RNN alone for epochs 0-3, then joint training. ``alt=None`` trains jointly throughout.
     """
-    if not alt or epoch >= alt["alt1"]:
+    if not alt or epoch > alt["alt1"]:  # the authors' test, `epoch > alt1`: epoch alt1 still alternates
         return "joint"
     return "head" if (epoch // alt["alt2"]) % 2 == 0 else "joint"
 
@@ -63,7 +64,8 @@ def level_weights_at(weights: Sequence[float] | dict, epoch: int, epochs: int) -
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
                     level_weights: Sequence[float], epoch: int, amp: bool = True,
-                    freeze_backbone: bool = False, net: nn.Module | None = None) -> dict:
+                    freeze_backbone: bool = False, net: nn.Module | None = None,
+                    label_smoothing: float = 0.0) -> dict:
     """One pass over ``loader``; returns the mean loss, the step count and the wall time.
 
     ``net`` runs the forward pass when given: ``model`` wrapped in DistributedDataParallel, which
@@ -80,7 +82,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         paths = paths.to(device, non_blocking=True)
         with autocast(device, amp):
             outputs = (model if net is None else net)(images, paths)
-        loss = model.loss(outputs, paths, level_weights)
+        loss = model.loss(outputs, paths, level_weights, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}, step {step}: the training loss is {loss.item()}; stopping "
                                      f"(lower train.lr, or check the data); the last epoch's checkpoint is kept")
@@ -122,13 +124,14 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
         weight_decay: float, level_weights: Sequence[float] | dict, beam_width: int, device: torch.device,
         out_dir: str | Path, run_info: dict, fingerprint: str, live=None, amp: bool = True, progress: bool = True,
         alt: dict | None = None, optimizer: str = "adamw", schedule: str = "onecycle",
-        dist: Dist | None = None) -> list[dict]:
+        dist: Dist | None = None, label_smoothing: float = 0.0, last_file: str | Path | None = None) -> list[dict]:
     """Train for ``epochs``, validate each epoch, keep the best epoch's weights in ``out_dir/model.pt``.
 
     ``task`` (dhnn.tasks) scores validation and names the selection metric. ``run_info`` (variant,
     seed, config, taxonomy) goes into the checkpoint for inference. Every epoch ends with an atomic
-    ``out_dir/last.pt``; if one with the same ``fingerprint`` is there when ``fit`` starts, training
-    resumes after its epoch and, on CPU, reaches exactly the numbers of an uninterrupted run.
+    ``out_dir/last.pt`` (or ``last_file``, which is then left for the caller to remove); if one with
+    the same ``fingerprint`` is there when ``fit`` starts, training resumes after its epoch and, on
+    CPU, reaches exactly the numbers of an uninterrupted run (a finished run's file restores it whole).
     ``live`` is an optional dvclive ``Live`` that receives the per-epoch metrics. Returns one dict
     per epoch (train loss, validation metrics, seconds, phase).
 
@@ -141,7 +144,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
     states. ``dist=None`` is one plain process.
     """
     out_dir = Path(out_dir)
-    best_file, last_file = out_dir / "model.pt", out_dir / "last.pt"
+    # a last.pt of its own (outside a dvc output, which dvc deletes before a rerun) stays for the caller to remove
+    keep_last = last_file is not None
+    best_file, last_file = out_dir / "model.pt", Path(last_file) if keep_last else out_dir / "last.pt"
+    name = run_name(run_info["variant"], run_info["seed"]) if "variant" in run_info else out_dir.name
     main = dist is None or dist.is_main
     # channels-last convolutions run about a quarter faster on CPU (oneDNN) and suit tensor cores on GPU
     model.to(device, memory_format=torch.channels_last)
@@ -153,7 +159,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
         start = resumed["epoch"] + 1
         if main:
             save_checkpoint(best_file, **best_state)  # dvc removed the stage's outputs before rerunning it
-            say(f"{out_dir.name}: resuming after epoch {resumed['epoch']} from {last_file}")
+            say(f"{name}: resuming after epoch {resumed['epoch']} from {last_file}")
             for row in history:
                 _log(live, row)
     # DDP: a frozen CNN (the alternating schedule's head phase) leaves its parameters without gradients
@@ -165,7 +171,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         stats = train_one_epoch(model, train_loader, opt, scheduler, device, weights, epoch, amp,
-                                freeze_backbone=phase == "head", net=net if net is not model else None)
+                                freeze_backbone=phase == "head", net=net if net is not model else None,
+                                label_smoothing=label_smoothing)
         if dist is not None:
             stats["loss"] = all_reduce_mean(stats["loss"], dist)  # every rank has as many samples
             val = broadcast_object(task.evaluate(model, val_loader, device, beam_width, amp) if main else None, dist)
@@ -192,10 +199,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
                             rng=rng_state(), loader_rng=_generator_state(train_loader), epoch=epoch,
                             history=history, best=best, best_state=best_state, fingerprint=fingerprint, **extra)
         if progress and main:
-            say(f"{out_dir.name}: epoch {epoch + 1}/{epochs}  loss {stats['loss']:.4f}  "
+            say(f"{name}: epoch {epoch + 1}/{epochs}  loss {stats['loss']:.4f}  "
                 f"val {task.select} {val[task.select]:.4f}  {stats['seconds']:.1f} s")
     set_backbone_frozen(model, False)
-    if main:
+    if main and not keep_last:
         last_file.unlink(missing_ok=True)  # the run is complete: nothing left to resume
     return history
 
