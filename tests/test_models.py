@@ -17,6 +17,7 @@ RNN = {"kind": "rnn", "backbone": BACKBONE, "level_layers": [["layer4"], ["layer
        "conversion": {"kind": "pool", "grid": [8, 2, 2], "mode": "max"},
        "rnn": {"hidden_size": 16, "num_layers": 2, "bidirectional": True, "residual": True}}
 FLAT = {"kind": "flat", "backbone": BACKBONE, "layer": "layer4"}
+SMALL = {"source": "dhnn", "name": "small_resnet", "kwargs": {"widths": [8, 16, 32, 64]}}
 
 
 def _batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +116,12 @@ VARIANTS = {
                         "conversion": {"kind": "pool_linear", "p": 8}, "rnn": HEAD},
     "s2s-pool": {"kind": "s2s", "collapse_chains": True, "backbone": BACKBONE, "level_layers": LAYERS,
                  "conversion": {"kind": "pool", "grid": [8, 1, 1]}, "s2s": {"hidden_size": 8}},
+    # the default grid's: dhnn's small-image ResNet, pooling per channel (layers of 8..64 channels, zero-padded)
+    "flat-small": {"kind": "flat", "backbone": SMALL, "layer": "layer4"},
+    "rnn-small-pool": {"kind": "rnn", "backbone": SMALL, "level_layers": LAYERS,
+                       "conversion": {"kind": "pool", "grid": [1, 1], "mode": "avg"}, "rnn": HEAD},
+    "s2s-small-pool": {"kind": "s2s", "collapse_chains": True, "backbone": SMALL, "level_layers": LAYERS,
+                       "conversion": {"kind": "pool", "grid": [2, 2]}, "s2s": {"hidden_size": 8}},
 }
 
 
@@ -134,3 +141,34 @@ def test_every_model_kind_trains_on_tiny_inputs(name: str) -> None:
     assert pred.shape == (4, tree.num_levels) and score.shape == (4,)
     leaf_rows = {tuple(r) for r in tree.leaf_paths().tolist()}
     assert all(tuple(p) in leaf_rows for p in pred.tolist())
+
+
+@pytest.mark.parametrize("name", ["flat", "rnn-pool", "s2s-pool", "rnn-small-pool"])
+def test_label_smoothing_mixes_in_the_uniform_target_over_each_level(name: str) -> None:
+    """eps = 0 is plain cross-entropy; the smoothed loss is linear in eps (torch's definition, per level)."""
+    cfg = settings(Variant, VARIANTS[name])
+    tree = TREE.collapse_chains() if cfg.get("collapse_chains") else TREE
+    model = create_model(resolve_config(cfg, tree, tree.leaves, "test"), tree, in_chans=1, image_size=28).eval()
+    x, paths = torch.randn(4, 1, 28, 28), tree.leaf_paths()[torch.arange(4) % len(tree.leaves)]
+    with torch.no_grad():
+        out = model(x, paths)
+        w = [1.0] * tree.num_levels
+        plain, half, full = (model.loss(out, paths, w, label_smoothing=e).item() for e in (0.0, 0.5, 1.0))
+    assert plain == pytest.approx(model.loss(out, paths, w).item())
+    assert half == pytest.approx((plain + full) / 2, rel=1e-5) and full != pytest.approx(plain)
+    if name == "flat":  # the leaf softmax: exactly torch's label-smoothed cross-entropy
+        target = model.leaf_targets(paths)
+        assert half == pytest.approx(torch.nn.functional.cross_entropy(out, target, label_smoothing=0.5).item(), rel=1e-5)
+
+
+def test_argmax_consistency_checks_each_level_against_its_parent() -> None:
+    """Per-level argmax nodes that form no path are inconsistent; the flat model is consistent by construction."""
+    model = create_model(settings(Variant, VARIANTS["rnn-pool"]), TREE, in_chans=1, image_size=28)
+    logits = torch.full((2, TREE.num_levels, len(TREE)), -10.0)
+    for row, path in enumerate([["clothes", "tops", "Shirt"], ["goods", "tops", "Shirt"]]):  # the second: no path
+        for t, node in enumerate(path):
+            logits[row, t, TREE.nodes.index(node)] = 10.0
+    assert model.argmax_consistent(logits).tolist() == [True, False]
+    flat = create_model(settings(Variant, VARIANTS["flat"]), TREE, in_chans=1, image_size=28)
+    assert flat.argmax_consistent(torch.randn(3, len(TREE.leaves))).all()
+

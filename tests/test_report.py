@@ -184,9 +184,9 @@ def test_evidence_compares_variants_on_the_same_images(tmp_path: Path) -> None:
 
     true = ["a / x", "a / y", "b / z", "b / w"] * 50
     for seed in (0, 1):
-        _predictions(tmp_path / "infer" / f"Flat-seed{seed}", true, ["a / x", "a / x", "b / z", "a / x"] * 50,
+        _predictions(tmp_path / "infer" / "Flat" / f"seed{seed}", true, ["a / x", "a / x", "b / z", "a / x"] * 50,
                      [0.9, 0.6, 0.8, 0.3] * 50)
-        _predictions(tmp_path / "infer" / f"RNN-seed{seed}", true, true, [0.95] * 200)
+        _predictions(tmp_path / "infer" / "RNN" / f"seed{seed}", true, true, [0.95] * 200)
     images = evidence.per_image(tmp_path, ["Flat", "RNN"], [0, 1])
     assert len(images) == 800 and images.groupby("variant")["path_accuracy"].mean().to_dict() == {"Flat": 0.5, "RNN": 1.0}
     assert images[images.variant == "Flat"]["node_accuracy"].mean() == pytest.approx((1 + 0.5 + 1 + 0) / 4)
@@ -202,7 +202,7 @@ def test_evidence_reads_paths_of_different_depths(tmp_path: Path) -> None:
     """A CNN-S2S path that ends early leaves its deeper prefix probabilities empty in predictions.csv."""
     from dhnn.report import evidence
 
-    folder = tmp_path / "infer" / "S2S-seed0"
+    folder = tmp_path / "infer" / "S2S" / "seed0"
     folder.mkdir(parents=True)
     pd.DataFrame({"test_index": [0, 1], "true path": ["a / x", "b"], "predicted path": ["a / x", "b"],
                   "score": [0.8, 0.9], "p_level1": [0.9, 0.95], "p_level2": [0.8, None]}

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
 # The paper subtracts the ImageNet channel means 123.68, 116.779, 103.939 from 0-255 pixels; on
 # ToTensor's 0-1 scale those are these fractions. Dividing by the ImageNet std as well is what
@@ -27,11 +26,13 @@ TRANSFORM_KEYS = {"resize", "crop", "flip", "mean", "std", "grayscale"}
 
 # -- transforms ---------------------------------------------------------------------------------
 
-def build_transforms(cfg: dict | None, train: bool) -> T.Compose:
+def build_transforms(cfg: dict | None, train: bool) -> Callable:
     """Resize (shorter side, or [h, w]), random (train) or center crop, optional flip, normalise.
 
     Defaults are the paper's: resize 256, crop 224, ImageNet normalisation, no flip.
     """
+    from torchvision import transforms as T  # torchvision costs seconds to import: only image folders need it
+
     cfg = transform_settings(cfg)
     ops: list[Callable] = []
     if cfg["resize"]:
