@@ -59,12 +59,17 @@ class Backbone(nn.Module):
 
     def feature_shapes(self, in_chans: int, image_size: int) -> dict[str, tuple[int, int, int]]:
         """(C, H, W) of each returned feature map for a square input of ``image_size``."""
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            feats = self(torch.zeros(1, in_chans, image_size, image_size))
-        self.train(was_training)
-        return {k: tuple(v.shape[1:]) for k, v in feats.items()}
+        return feature_shapes(self, in_chans, image_size)
+
+
+def feature_shapes(net: nn.Module, in_chans: int, image_size: int) -> dict[str, tuple[int, int, int]]:
+    """(C, H, W) of each feature map that ``net`` returns (a dict) for a square input of ``image_size``."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        feats = net(torch.zeros(1, in_chans, image_size, image_size))
+    net.train(was_training)
+    return {k: tuple(v.shape[1:]) for k, v in feats.items()}
 
 
 def _probe(name: str, in_chans: int, **kwargs) -> nn.Module:

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import feature_shapes
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with batch norm and a shortcut (a strided 1x1 convolution when the shape changes)."""
@@ -75,12 +77,7 @@ class SmallResNet(nn.Module):
 
     def feature_shapes(self, in_chans: int, image_size: int) -> dict[str, tuple[int, int, int]]:
         """(C, H, W) of each returned feature map for a square input of ``image_size``."""
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            feats = self(torch.zeros(1, in_chans, image_size, image_size))
-        self.train(was_training)
-        return {k: tuple(v.shape[1:]) for k, v in feats.items()}
+        return feature_shapes(self, in_chans, image_size)
 
 
 def create_small_resnet(cfg: dict, layers: Sequence[str], in_chans: int) -> SmallResNet:
