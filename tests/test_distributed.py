@@ -182,9 +182,9 @@ def test_only_rank_0_writes(runs: dict) -> None:
     ckpt = load_checkpoint(folder / "rank0" / "model.pt")
     assert (ckpt["variant"], ckpt["seed"]) == (VARIANT, SEED)
     assert sorted(p.name for p in (runs["tmp"] / "two" / "resumed").iterdir()) == ["rank0"]
-    # one progress line per epoch, rank 0's alone (each rank's folder name starts its lines)
-    lines = re.findall(r"^.*(rank\d): epoch", runs["output"], re.MULTILINE)
-    assert lines == ["rank0"] * (2 + 1 + 1), runs["output"][-2000:]  # the run, then stopped after 1, resumed for 1
+    # one progress line per epoch, rank 0's alone (two printing ranks would double them)
+    lines = re.findall(r"^(\S+): epoch", runs["output"], re.MULTILINE)
+    assert lines == [f"{VARIANT}-seed{SEED}"] * (2 + 1 + 1), runs["output"][-2000:]  # the run, stopped after 1, resumed for 1
 
 
 @needs_data
@@ -227,7 +227,8 @@ def test_a_failed_job_raises_with_the_workers_error(tmp_path: Path, monkeypatch:
     fake.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake))
     params = load_params(_params(tmp_path, nproc=2))
-    run = SimpleNamespace(variant="RNN", seed=0, tree=Taxonomy.from_csv(ROOT / "taxonomies" / "fashion_mnist.csv"))
+    run = SimpleNamespace(variant="RNN", seed=0, tree=Taxonomy.from_csv(ROOT / "taxonomies" / "fashion_mnist.csv"),
+                          full_tree=None)
     with pytest.raises(RuntimeError, match=r"^RNN-seed0: distributed training in 2 processes failed \(exit 1\): "
                                            r"FloatingPointError: epoch 1, step 3: the training loss is nan; stopping$"):
         stages.train(run, params, tmp_path / "RNN-seed0")

@@ -364,8 +364,10 @@ def test_same_predictions_same_node_accuracy_collapsed_or_not(monkeypatch) -> No
     true = ["Trouser", "Trouser", "Shirt", "Bag", "Coat", "Sneaker", "Dress", "Sandal"]
     pred = ["Trouser", "Dress", "Shirt", "Sandal", "Trouser", "Sneaker", "clothes", "shoes"]
     probs = {"full": np.array([[0.9, 0.8, 0.7]] * len(true)), "collapsed": np.array([[0.9, 0.8, 0.7]] * len(true))}
-    runs = {"full": PrefixPredictions(_encode(FULL, pred), probs["full"], _encode(FULL, true)),
-            "collapsed": PrefixPredictions(_encode(TREE, pred), probs["collapsed"], _encode(TREE, true))}
+    hits, consistent = np.ones(len(pred), dtype=bool), np.ones(len(pred), dtype=bool)
+    runs = {"full": PrefixPredictions(_encode(FULL, pred), probs["full"], _encode(FULL, true), None, hits, consistent),
+            "collapsed": PrefixPredictions(_encode(TREE, pred), probs["collapsed"], _encode(TREE, true), None, hits,
+                                           consistent)}
     for run in runs.values():  # NaN after each path's end
         run.prefix_probs[run.pred == IGNORE_INDEX] = np.nan
 
