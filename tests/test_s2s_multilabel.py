@@ -105,7 +105,7 @@ def test_node_scores_and_inputs(feed: str) -> None:
     out = model(images(3))
     scores = model.node_scores(out)
     for i, n in enumerate(TREE.nodes):  # level t's nodes are read from step t
-        assert torch.equal(scores[:, i], out.logits[:, TREE.depth(n) - 1, i].sigmoid())
+        assert torch.allclose(scores[:, i], out.logits[:, TREE.depth(n) - 1, i].sigmoid(), rtol=1e-6, atol=1e-7)  # kernels vary by ISA
     logits = torch.randn(3, len(TREE) + 1)
     x = model.set_input(logits, 1)
     mine = model.step_tokens[1] & (logits.sigmoid() >= 0.5)  # only the step's own tokens are fed back
