@@ -440,14 +440,14 @@ def valid_paths(indices: torch.Tensor, tree: Taxonomy) -> bool:
 
 def ensure_dvclive() -> str:
     """dvclive's version; where it is not installed (the GPU machine's image), a stand-in that logs
-    nothing, so that stages.train runs there too."""
+    nothing, so that train_stage.train runs there too."""
     try:
         import dvclive
         return f"dvclive {getattr(dvclive, '__version__', '?')}"
     except ImportError:
         pass
 
-    class Live:  # the part of dvclive.Live that stages.train uses
+    class Live:  # the part of dvclive.Live that train_stage.train uses
         def __init__(self, *args, **kwargs):
             self.summary: dict = {}
 
@@ -474,7 +474,7 @@ def accuracy(part: dict, mode: dict, device: torch.device, epochs: int | None) -
     logger = ensure_dvclive()
     try:
         from dhnn.params import load_params, validate
-        from dhnn.pipeline import stages
+        from dhnn.pipeline import infer_stage, layout, taxonomy_stage, train_stage
     except ImportError as err:  # the GPU machine's image may lack pydantic: carry its wheels
         raise ImportError(f"the accuracy run needs the pipeline's dependencies ({err}); install them, or carry "
                           f"their wheels to the GPU machine") from err
@@ -499,18 +499,18 @@ def accuracy(part: dict, mode: dict, device: torch.device, epochs: int | None) -
     results = Path(tempfile.mkdtemp(prefix="gpu_check-"))
     try:
         start = time.perf_counter()
-        tree = stages.build_taxonomy(params)
-        taxonomy_file = stages.save_taxonomy(tree, results)
-        run = stages.prepare_training(params, variant, seed, taxonomy_file)
+        tree = taxonomy_stage.build_taxonomy(params)
+        taxonomy_file = taxonomy_stage.save_taxonomy(tree, results)
+        run = train_stage.prepare_training(params, variant, seed, taxonomy_file)
         part.update(parameters=run.parameters, train_images=len(run.splits.train), val_images=len(run.splits.val),
                     test_images=len(run.splits.test), prepare_s=time.perf_counter() - start)
         t = time.perf_counter()
-        history = stages.train(run, params, stages.train_dir(results, variant, seed))
+        history = train_stage.train(run, params, layout.train_dir(results, variant, seed))
         part["train_s"] = time.perf_counter() - t
         part["history"] = [{k: plain(v) for k, v in row.items()} for row in history.to_dict("records")]
         t = time.perf_counter()
-        trained = stages.load_trained(params, variant, seed, stages.train_dir(results, variant, seed) / "model.pt")
-        metrics, _ = stages.test(trained, params)
+        trained = infer_stage.load_trained(params, variant, seed, layout.train_dir(results, variant, seed) / "model.pt")
+        metrics, _ = infer_stage.test(trained, params)
         part["test_s"] = time.perf_counter() - t
         part.update(best_epoch=trained.epoch, test_path_accuracy=float(metrics["path_accuracy"]),
                     test_node_accuracy=float(metrics["node_accuracy"]),

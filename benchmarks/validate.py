@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dhnn.params import validate  # noqa: E402
-from dhnn.pipeline import stages  # noqa: E402
+from dhnn.pipeline import layout, taxonomy_stage, train_stage  # noqa: E402
 
 
 def main() -> None:
@@ -41,10 +41,10 @@ def main() -> None:
     raw["runtime"]["progress"] = False
     params = validate(raw, args.params)
     with tempfile.TemporaryDirectory(prefix="dhnn-validate-") as tmp:
-        stages.save_taxonomy(stages.build_taxonomy(params), tmp)
-        run = stages.prepare_training(params, args.variant, args.seed, stages.taxonomy_path(tmp))
+        taxonomy_stage.save_taxonomy(taxonomy_stage.build_taxonomy(params), tmp)
+        run = train_stage.prepare_training(params, args.variant, args.seed, layout.taxonomy_path(tmp))
         start = time.perf_counter()
-        history = stages.train(run, params, Path(tmp) / "run")
+        history = train_stage.train(run, params, Path(tmp) / "run")
     accuracy = ", ".join(f"{100 * a:.2f}" for a in history[f"val/{run.task.select}"])
     print(f"{args.variant} {json.dumps(json.loads(args.overrides))} seed {args.seed}: validation "
           f"{run.task.select} by epoch {accuracy}; {time.perf_counter() - start:.1f} s")

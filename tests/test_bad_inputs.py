@@ -103,7 +103,7 @@ def fmnist_copy(tmp: Path) -> Path:
 
 def level_weights_vs_tree(tmp: Path, _: pytest.MonkeyPatch) -> Any:
     from dhnn.params import load_params
-    from dhnn.pipeline.stages import check_tree
+    from dhnn.pipeline.taxonomy_stage import check_tree
     from dhnn.taxonomy import Taxonomy
 
     params = load_params(params_file(tmp, train__level_weights=[1.0, 1.0]))  # the schema alone accepts it

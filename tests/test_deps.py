@@ -62,3 +62,26 @@ def test_saving_a_notebook_keeps_its_code_and_editing_a_cell_changes_it(tmp_path
         files[name] = notebook_code(tmp_path / f"{name}.ipynb")
     assert files["saved"] == files["orig"]
     assert files["edited"] != files["orig"]
+
+
+@pytest.mark.parametrize("stage", [s for s in STAGES if STAGES[s].endswith(".ipynb")])
+def test_notebook_stages_run_through_the_runner_and_depend_on_it(stage: str) -> None:
+    assert DVC[stage]["cmd"].startswith("python -m dhnn.pipeline.run ")
+    assert "dhnn/pipeline/run.py" in DVC[stage]["deps"]
+
+
+def test_nbcode_depends_on_what_it_imports() -> None:
+    assert {"dhnn/pipeline/nbcode.py", "dhnn/io.py"} <= set(DVC["nbcode"]["deps"])
+
+
+def test_the_demo_is_no_stage_dependency_and_refuses_to_run_in_a_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stage's code reaches dhnn.pipeline.demo (a notebook opened on its own builds the demo), but no
+    stage lists it: the runner marks the kernel, and the demo refuses to run there."""
+    from dhnn.params import load_params
+    from dhnn.pipeline.demo import ensure_demo
+    from dhnn.pipeline.run import STAGE_ENV
+
+    assert not any("dhnn/pipeline/demo.py" in stage.get("deps", []) for stage in DVC.values())
+    monkeypatch.setenv(STAGE_ENV, "notebooks/01_train.ipynb")
+    with pytest.raises(RuntimeError, match="must never build the demo"):
+        ensure_demo(load_params(ROOT / "configs" / "demo.yaml"), "train", ROOT / "results" / "never")

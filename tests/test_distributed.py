@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from dhnn.params import load_params
-from dhnn.pipeline import stages
+from dhnn.pipeline import train_stage
 from dhnn.taxonomy import Taxonomy
 from dhnn.training.checkpoint import load_checkpoint
 from dhnn.training.distributed import Dist, distributed_loader, setup
@@ -71,7 +71,7 @@ WORKER = textwrap.dedent("""\
     import json, sys
     from pathlib import Path
     from dhnn.params import load_params
-    from dhnn.pipeline import stages
+    from dhnn.pipeline import train_stage
     from dhnn.training import loop
     from dhnn.training.distributed import cleanup, setup
 
@@ -86,8 +86,8 @@ WORKER = textwrap.dedent("""\
 
 
     def train(variant, folder):
-        run = stages.prepare_training(params, variant, seed, taxonomy)
-        return stages.train_in_process(run, params, out / folder / f"rank{dist.rank}", dist)
+        run = train_stage.prepare_training(params, variant, seed, taxonomy)
+        return train_stage.train_in_process(run, params, out / folder / f"rank{dist.rank}", dist)
 
 
     try:
@@ -158,8 +158,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     two = json.loads((tmp / "two" / "result.json").read_text())
     params = load_params(params_file)
-    run = stages.prepare_training(params, VARIANT, SEED, taxonomy)
-    one = stages.train_in_process(run, params, tmp / "one", Dist())  # the same loader code, a world of 1
+    run = train_stage.prepare_training(params, VARIANT, SEED, taxonomy)
+    one = train_stage.train_in_process(run, params, tmp / "one", Dist())  # the same loader code, a world of 1
     return {"tmp": tmp, "one": one, "two": two, "output": job.stdout + job.stderr}
 
 
@@ -200,13 +200,13 @@ def test_a_stopped_ddp_run_resumes_to_the_same_numbers(runs: dict) -> None:
 @needs_data
 def test_the_train_stage_launches_torchrun_with_train_nproc(runs: dict, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """train.nproc: 2 makes stages.train run torchrun; the history comes back as one process returns it."""
+    """train.nproc: 2 makes train_stage.train run torchrun; the history comes back as one process returns it."""
     for key, value in _env().items():
         monkeypatch.setenv(key, value)
     params = load_params(_params(tmp_path, nproc=2))
-    run = stages.prepare_training(params, VARIANT, SEED, runs["tmp"] / "taxonomy.json")
+    run = train_stage.prepare_training(params, VARIANT, SEED, runs["tmp"] / "taxonomy.json")
     out = tmp_path / "train" / f"{VARIANT}-seed{SEED}"
-    history = stages.train(run, params, out)
+    history = train_stage.train(run, params, out)
     assert isinstance(history, pd.DataFrame) and list(history.columns) == list(pd.DataFrame(runs["one"]).columns)
     assert _numbers(history) == _numbers(runs["two"]["full"])  # the worker's job, bit for bit
     assert sorted(p.name for p in out.iterdir()) == ["dvclive", "model.pt"]  # no last.pt, no history.json left
@@ -231,7 +231,7 @@ def test_a_failed_job_raises_with_the_workers_error(tmp_path: Path, monkeypatch:
                           full_tree=None)
     with pytest.raises(RuntimeError, match=r"^RNN-seed0: distributed training in 2 processes failed \(exit 1\): "
                                            r"FloatingPointError: epoch 1, step 3: the training loss is nan; stopping$"):
-        stages.train(run, params, tmp_path / "RNN-seed0")
+        train_stage.train(run, params, tmp_path / "RNN-seed0")
 
 
 def test_the_shares_of_the_ranks_make_up_the_global_batch() -> None:
@@ -318,5 +318,5 @@ def test_without_torchrun_setup_is_one_process(monkeypatch: pytest.MonkeyPatch) 
 def test_a_batch_that_the_processes_cannot_share_stops_before_launch(tmp_path: Path) -> None:
     params = load_params(_params(tmp_path, nproc=3))
     with pytest.raises(ValueError, match=r"train.batch_size: 64 is not divisible by train.nproc 3"):
-        stages.train(None, params, tmp_path / "out")
+        train_stage.train(None, params, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -117,12 +117,11 @@ def test_every_open_images_model_builds_runs_and_gives_a_loss() -> None:
 
 def test_variant_epochs_override_train_epochs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train_in_process hands fit a variant's own epochs, else train.epochs."""
-    import dhnn.training.loop as loop
-    from dhnn.pipeline import stages
+    from dhnn.pipeline import train_stage
 
     asked = []
-    monkeypatch.setattr(loop, "fit", lambda *args, epochs, **kwargs: asked.append(epochs) or [])
-    monkeypatch.setattr(loop, "summarize_history", lambda history, select: {})
+    monkeypatch.setattr(train_stage, "fit", lambda *args, epochs, **kwargs: asked.append(epochs) or [])
+    monkeypatch.setattr(train_stage, "summarize_history", lambda history, select: {})
     raw = yaml.safe_load(Path(OPEN_IMAGES).read_text(encoding="utf-8"))
     raw["runtime"]["num_workers"] = 0
     params, tree = validate(raw), _tree()
@@ -131,7 +130,7 @@ def test_variant_epochs_override_train_epochs(tmp_path, monkeypatch: pytest.Monk
         run = SimpleNamespace(variant=name, seed=0, cfg=params.variant(name), tree=tree, full_tree=None,
                               splits=SimpleNamespace(train=data, val=data), model=None,
                               task=SimpleNamespace(select="loss"), parameters=0, conversion={})
-        stages.train_in_process(run, params, tmp_path / name)
+        train_stage.train_in_process(run, params, tmp_path / name)
         assert asked[-1] == expected
 
 

@@ -1,6 +1,6 @@
 """Every kind of data set through the pipeline's stages, on fixtures written in the official formats.
 
-The stage functions (dhnn.pipeline.stages) run in this one process, chained as the notebooks that
+The stage functions (dhnn.pipeline.*_stage) run in this one process, chained as the notebooks that
 ``dvc repro`` runs chain them: taxonomy, then train and infer per run, then the report's collect.
 Each test's params come from configs/demo.yaml (never the live params.yaml), with the fixture's data
 and a thin model, and its paths resolve against a throwaway project (a folder with a dvc.yaml).
@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from dhnn.params import Params, validate
-from dhnn.pipeline import stages, variants  # modules: stages.test would be collected as a test if imported by name
+from dhnn.pipeline import infer_stage, layout, report_stage, taxonomy_stage, train_stage  # modules: infer_stage.test would be collected as a test if imported by name
 from dhnn.report.tables import results_table
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -137,15 +137,15 @@ def _params(kind: str, data: dict, taxonomy: dict, depth: int) -> Params:
 
 def _run_pipeline(params: Params, results: Path) -> dict[str, dict]:
     """Taxonomy, then train and infer every run, as the notebooks call the stages; the metrics per variant."""
-    stages.save_taxonomy(stages.build_taxonomy(params), results)
-    assert stages.taxonomy_path(results).is_file()
+    taxonomy_stage.save_taxonomy(taxonomy_stage.build_taxonomy(params), results)
+    assert layout.taxonomy_path(results).is_file()
     out = {}
     for v in params.grid.variants:
-        histories = variants.train_variant(params, v, params.grid.seeds, results)
+        histories = train_stage.train_variant(params, v, params.grid.seeds, results)
         assert all(len(h) == params.train.epochs for h in histories.values())
-        for s, (trained, metrics, predictions) in variants.infer_variant(params, v, params.grid.seeds, results).items():
+        for s, (trained, metrics, predictions) in infer_stage.infer_variant(params, v, params.grid.seeds, results).items():
             assert len(predictions) == len(trained.splits.test) > 0
-            assert (stages.infer_dir(results, v, s) / "model.dhnn").is_file()
+            assert (layout.infer_dir(results, v, s) / "model.dhnn").is_file()
             out[v] = metrics
     return out
 
@@ -164,12 +164,12 @@ def test_pipeline_stages_on_each_kind_of_data(kind: str, tmp_path: Path, monkeyp
     metrics = _run_pipeline(params, results)
 
     for v in params.grid.variants:  # what save_inference wrote is what test returned
-        saved = json.loads((stages.infer_dir(results, v, 0) / "metrics.json").read_text())
+        saved = json.loads((layout.infer_dir(results, v, 0) / "metrics.json").read_text())
         assert (saved["variant"], saved["seed"]) == (v, 0)
         assert {k: saved[k] for k in metrics[v]} == json.loads(json.dumps(metrics[v]))
-        assert (stages.infer_dir(results, v, 0) / "predictions.csv").is_file()
-        assert (stages.log_dir(results, v, 0) / "dvclive" / "metrics.json").is_file()
-    runs, history, task = stages.collect(params, results)
+        assert (layout.infer_dir(results, v, 0) / "predictions.csv").is_file()
+        assert (layout.log_dir(results, v, 0) / "dvclive" / "metrics.json").is_file()
+    runs, history, task = report_stage.collect(params, results)
     table = results_table(runs, task.metrics)
     assert list(table["variant"]) == list(params.grid.variants)
     assert (table["seeds"] == 1).all()
@@ -199,7 +199,7 @@ def test_corrupt_image_fails_before_training(tmp_path: Path, monkeypatch: pytest
     results = project / "results"
 
     with pytest.raises(ValueError, match=re.escape(str(broken.resolve()))):
-        stages.save_taxonomy(stages.build_taxonomy(params), results)
-        run = stages.prepare_training(params, "RNN-Pool-Resi", 0, stages.taxonomy_path(results))
-        stages.train(run, params, stages.train_dir(results, "RNN-Pool-Resi", 0))
+        taxonomy_stage.save_taxonomy(taxonomy_stage.build_taxonomy(params), results)
+        run = train_stage.prepare_training(params, "RNN-Pool-Resi", 0, layout.taxonomy_path(results))
+        train_stage.train(run, params, layout.train_dir(results, "RNN-Pool-Resi", 0))
     assert not (results / "train").exists() or not [p for p in (results / "train").rglob("*") if p.is_file()]

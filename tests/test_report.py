@@ -228,7 +228,7 @@ def test_node_set_comparisons_recompute_f1_and_bootstrap_it(tmp_path: Path) -> N
     from dhnn.evaluation.metrics import node_f1, path_f1
     from dhnn.report import evidence
     from dhnn.report.tables import run_dirs
-    from dhnn.tasks import node_set_predictions
+    from dhnn.evaluation.scoring import node_set_predictions
     from dhnn.taxonomy import Taxonomy
 
     tree = Taxonomy.from_paths([["a", "x"], ["a", "y"], ["b", "z"]])  # nodes a, b, x, y, z

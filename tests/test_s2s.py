@@ -15,6 +15,7 @@ from dhnn.evaluation.prefixes import expand_paths, on_full_tree
 from dhnn.models import create_model
 from dhnn.models.registry import resolve_config
 from dhnn.models.s2s import CNNS2S, S2SOutputs, resolve_end_after
+from dhnn.evaluation.scoring import score_paths
 from dhnn.tasks import PathTask
 from dhnn.taxonomy import IGNORE_INDEX, Taxonomy
 
@@ -299,7 +300,7 @@ def _folder_project(tmp_path, monkeypatch, end_after: str, internal_class: bool)
     from test_pipeline_datasets import _image_folder, _params, _project
 
     from dhnn.params import validate
-    from dhnn.pipeline import stages
+    from dhnn.pipeline import layout, taxonomy_stage, train_stage
 
     project = _project(tmp_path, monkeypatch)
     data, taxonomy = _image_folder(project)
@@ -308,16 +309,16 @@ def _folder_project(tmp_path, monkeypatch, end_after: str, internal_class: bool)
     raw = _params("image_folder", data, taxonomy, 3).model_dump(mode="json")
     raw["variants"]["S2S-Pool"]["s2s"]["end_after"] = end_after
     params = validate(raw, "params.yaml")
-    stages.save_taxonomy(stages.build_taxonomy(params), project / "results")
-    return params, stages.taxonomy_path(project / "results")
+    taxonomy_stage.save_taxonomy(taxonomy_stage.build_taxonomy(params), project / "results")
+    return params, layout.taxonomy_path(project / "results")
 
 
 @pytest.mark.parametrize("internal_class", [False, True])
 def test_auto_end_after_is_chosen_from_the_data(tmp_path, monkeypatch, internal_class: bool) -> None:
-    from dhnn.pipeline import stages
+    from dhnn.pipeline import layout, taxonomy_stage, train_stage
 
     params, taxonomy = _folder_project(tmp_path, monkeypatch, "auto", internal_class)
-    run = stages.prepare_training(params, "S2S-Pool", 0, taxonomy)
+    run = train_stage.prepare_training(params, "S2S-Pool", 0, taxonomy)
     want = "any" if internal_class else "leaves"
     assert run.cfg["s2s"]["end_after"] == want and run.model.end_after == want
     shoes = run.tree.nodes.index("shoes")
@@ -325,13 +326,13 @@ def test_auto_end_after_is_chosen_from_the_data(tmp_path, monkeypatch, internal_
 
 
 def test_explicit_leaves_with_labels_above_the_leaves_fails_before_training(tmp_path, monkeypatch) -> None:
-    from dhnn.pipeline import stages
+    from dhnn.pipeline import layout, taxonomy_stage, train_stage
 
     params, taxonomy = _folder_project(tmp_path, monkeypatch, "leaves", True)
     with pytest.raises(ValueError, match=r"params.yaml: variants.S2S-Pool.s2s.end_after \(data 'image_folder'\): "
                                          r"end_after is 'leaves', but labels of the data end at internal nodes "
                                          r"\('shoes'\)"):
-        stages.prepare_training(params, "S2S-Pool", 0, taxonomy)
+        train_stage.prepare_training(params, "S2S-Pool", 0, taxonomy)
 
 
 # -- a collapsed tree's predictions are scored on the full taxonomy -----------------------------------
@@ -372,8 +373,8 @@ def test_same_predictions_same_node_accuracy_collapsed_or_not(monkeypatch) -> No
         run.prefix_probs[run.pred == IGNORE_INDEX] = np.nan
 
     def test(run: str, tree: Taxonomy, full_tree: Taxonomy | None):
-        monkeypatch.setattr("dhnn.tasks.predict_prefixes", lambda *args, **kwargs: runs[run])
-        return PathTask().test(None, None, None, tree, torch.device("cpu"), 1, full_tree=full_tree)
+        monkeypatch.setattr("dhnn.evaluation.scoring.predict_prefixes", lambda *args, **kwargs: runs[run])
+        return score_paths(None, None, None, tree, torch.device("cpu"), 1, full_tree=full_tree)
 
     full_metrics, full_rows = test("full", FULL, None)
     metrics, rows = test("collapsed", TREE, FULL)

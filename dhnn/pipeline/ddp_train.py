@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node 4 -m dhnn.pipeline.ddp_train \\
         --params params.yaml --variant RNN-Pool-Resi --seed 0 --results results
 
-Each process builds the run exactly as the train stage does (``stages.prepare_training``: the same
+Each process builds the run exactly as the train stage does (``train_stage.prepare_training``: the same
 seed, data and initial weights), reads its share of every batch of ``train.batch_size`` (the
 global batch, split evenly) and averages gradients with the others. Rank 0 evaluates the whole
 validation set each epoch and writes what a one-process run writes under
@@ -23,7 +23,7 @@ from ..console import say
 from ..io import atomic_write_json
 from ..params import ParamsError, load_params
 from ..paths import resolve
-from . import stages
+from . import layout, train_stage
 from ..training.distributed import barrier, cleanup, setup
 
 
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         say(f"error: {err}")
         return 1
-    taxonomy = args.taxonomy or stages.taxonomy_path(args.results)
-    out = resolve(args.out) if args.out else stages.train_dir(args.results, args.variant, args.seed)
+    taxonomy = args.taxonomy or layout.taxonomy_path(args.results)
+    out = resolve(args.out) if args.out else layout.train_dir(args.results, args.variant, args.seed)
     dist = setup(params.train.device)
     try:
-        run = stages.prepare_training(params, args.variant, args.seed, taxonomy)
-        history = stages.train_in_process(run, params, out, dist, logs=args.logs)
+        run = train_stage.prepare_training(params, args.variant, args.seed, taxonomy)
+        history = train_stage.train_in_process(run, params, out, dist, logs=args.logs)
         if dist.is_main:
-            atomic_write_json(out / stages.DDP_HISTORY, history)
+            atomic_write_json(out / train_stage.DDP_HISTORY, history)
         barrier(dist)  # nobody leaves the group while rank 0 still writes
     finally:
         cleanup()

@@ -15,9 +15,14 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]
 MODULE_NAME = re.compile(r"^dhnn(\.[A-Za-z_]\w*)+$")
-# stage name in dvc.yaml -> what it runs: a notebook, or a dhnn module run with python -m
-STAGES = {"taxonomy": "notebooks/00_taxonomy.ipynb", "train": "notebooks/01_train.ipynb",
-          "infer": "notebooks/02_infer.ipynb", "report": "notebooks/03_report.ipynb"}
+# stage name in dvc.yaml -> what it runs: a notebook (through the runner), or a dhnn module run with python -m
+STAGES = {"nbcode": "dhnn/pipeline/nbcode.py", "taxonomy": "notebooks/00_taxonomy.ipynb",
+          "train": "notebooks/01_train.ipynb", "infer": "notebooks/02_infer.ipynb",
+          "report": "notebooks/03_report.ipynb"}
+RUNNER = "dhnn.pipeline.run"  # each notebook stage's cmd: `python -m dhnn.pipeline.run NOTEBOOK ...`
+# Code that a notebook reaches only when opened on its own (it builds the demo, with every stage's code):
+# no stage runs it, and it refuses to run where the runner set DHNN_STAGE, so it is no stage's dependency.
+NOT_IN_STAGES = frozenset({"dhnn.pipeline.demo"})
 
 
 def module_file(name: str) -> Path | None:
@@ -66,12 +71,12 @@ def _with_packages(name: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
-def closure(roots: set[str]) -> set[str]:
-    """Every dhnn module that importing ``roots`` runs."""
+def closure(roots: set[str], skip: frozenset[str] = frozenset()) -> set[str]:
+    """Every dhnn module that importing ``roots`` runs, not following into ``skip``."""
     todo, seen = [m for r in roots for m in _with_packages(r)], set()
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or name in skip:
             continue
         seen.add(name)
         path = module_file(name)
@@ -81,17 +86,17 @@ def closure(roots: set[str]) -> set[str]:
 
 
 def notebook_modules(notebook: str | Path) -> set[str]:
-    """The dhnn modules a notebook's code imports, directly or not."""
+    """The dhnn modules that running a notebook as a stage runs: the runner's, and those its code imports."""
     from .nbcode import notebook_code
 
-    return closure(imports_of(notebook_code(notebook)))
+    return closure(imports_of(notebook_code(notebook)) | {RUNNER}, NOT_IN_STAGES)
 
 
 def stage_files(source: str | Path) -> list[str]:
     """The dhnn source files a stage runs (a notebook, or a dhnn module), as dvc.yaml lists them."""
     source = Path(source)
     modules = notebook_modules(source) if source.suffix == ".ipynb" else closure(
-        {_name_of(source.resolve())})
+        {_name_of(source.resolve())}, NOT_IN_STAGES)
     return sorted(str(module_file(m).relative_to(PACKAGE.parent)) for m in modules)
 
 

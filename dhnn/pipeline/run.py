@@ -8,10 +8,13 @@ cell and the exception.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+STAGE_ENV = "DHNN_STAGE"  # tells the notebook's kernel it runs as a stage (dhnn.pipeline.demo refuses to)
 
 
 def _parse(argv: list[str]) -> tuple[str, str, dict]:
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     logging.getLogger("papermill").setLevel(logging.WARNING)
+    os.environ[STAGE_ENV] = notebook  # the kernel inherits it
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     # executed into a temp file, renamed when complete: a failed stage leaves nothing under results/

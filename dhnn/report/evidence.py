@@ -19,7 +19,7 @@ from ..evaluation.bootstrap import compare_to_baseline, describe_difference, pai
 from ..evaluation.hierarchical import (expected_calibration_error, hierarchical_prf, mistake_severity,
                                        reliability_table)
 from ..evaluation.metrics import f1_counts, weighted_f1_of_counts
-from ..tasks import NODE_SET_COLUMNS
+from ..evaluation.records import NODE_SET_COLUMNS
 from .tables import run_dirs
 
 SEPARATOR = " / "

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ..io import atomic_write_json, atomic_write_text  # noqa: F401  re-exported
-from ..tasks import TASKS  # what a metrics file must hold, per kind of label
+from ..evaluation.records import RECORDS  # what a metrics file must hold, per kind of label
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -29,9 +29,9 @@ __all__ = [
     "write_table",
 ]
 
-REQUIRED_KEYS: tuple[str, ...] = TASKS["paths"].required
+REQUIRED_KEYS: tuple[str, ...] = RECORDS["paths"].required
 # Multi-label runs (Open Images) report the paper's F1 scores instead.
-MULTILABEL_KEYS: tuple[str, ...] = TASKS["node_sets"].required
+MULTILABEL_KEYS: tuple[str, ...] = RECORDS["node_sets"].required
 DEFAULT_METRICS: tuple[str, ...] = ("path_accuracy", "node_accuracy")
 # Shown instead of a standard deviation when a variant has a single seed:
 # the sample sd (ddof=1) is undefined there, and "0.00" would overstate certainty.
