@@ -3,7 +3,7 @@
     python benchmarks/validate.py RNN-Pool-Resi '{"level_layers": [["layer4"], ["layer3"], ["layer2", "layer1"]]}' --seed 0
     python benchmarks/validate.py Flat '{"train": {"epochs": 3}}'
 
-How the default recipe was chosen (README, "How the recipe was chosen"): on the validation split,
+How the default recipe was chosen (docs/results.md, "How the recipe was chosen"): on the validation split,
 never on test. The JSON object overrides keys of the variant's entry; its "train" key overrides
 keys of the train section. Nothing is written outside a temporary folder.
 """
