@@ -172,6 +172,7 @@ class RuntimeParams(Strict):
 class InferParams(Strict):
     beam_width: PositiveInt = 2  # the authors' k; 1 is greedy
     backoff_precision: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95  # back-off's tau reaches it on validation
+    calibrate: bool = True  # temperature scaling of path probabilities, fitted on validation (evaluation/calibration.py)
 
 
 class GridParams(Strict):

@@ -177,3 +177,37 @@ def test_save_figure_svg_is_stable(tmp_path: Path) -> None:
     save_figure(plot_learning_curves(history), tmp_path / "a.svg")
     save_figure(plot_learning_curves(history), tmp_path / "b.svg")
     assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
+
+
+def _images(variant: str, probability: list[float], right: list[int], seed: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({"variant": variant, "seed": seed, "probability": probability,
+                         "uncalibrated": [p / 2 for p in probability], "path_accuracy": right})
+
+
+def test_selective_curves_answer_the_most_probable_paths_first() -> None:
+    from dhnn.report.evidence import _selective, selective_curves
+
+    run = _images("A", [0.9, 0.2, 0.8, 0.1], [1, 0, 1, 1])
+    curve = _selective(run)  # answered in the order 0.9, 0.8, 0.2 (wrong), 0.1
+    assert curve["risk"].tolist() == [0.0, 0.0, 1 / 3, 1 / 4]
+    grid = selective_curves(run, points=5).set_index("coverage")["risk"]
+    assert np.isnan(grid[0.0]) and grid[0.5] == 0.0 and grid[1.0] == 0.25
+
+
+def test_reliability_and_selective_figures_have_their_panels() -> None:
+    from dhnn.report.evidence import backoff_curves, reliability, selective_curves
+    from dhnn.report.plots import plot_reliability, plot_selective
+
+    rng = np.random.default_rng(0)
+    images = pd.concat([_images(v, list(rng.uniform(0.3, 1, 200)), list(rng.integers(0, 2, 200))) for v in ("Flat", "RNN")])
+    images["prefix_probs"] = [np.array([1.0, p, p]) for p in images["probability"]]
+    images["true"] = [["a", "b", "c"]] * len(images)
+    images["pred"] = [["a", "b", "c"] if r else ["a", "b", "d"] for r in images["path_accuracy"]]
+    fig = plot_reliability(reliability(images))
+    assert len(fig.axes) == 2  # before and after temperature scaling
+    assert {a.get_xlabel() for a in fig.axes} == {"probability of the predicted path (uncalibrated)",
+                                                  "probability of the predicted path (calibrated)"}
+    fig = plot_selective(selective_curves(images), backoff_curves(images))
+    left, right = fig.axes
+    assert len(left.lines) == 2 and len(right.lines) == 2
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["Flat (marginals)", "RNN"]

@@ -53,6 +53,14 @@ class PrefixPredictions:
     score: np.ndarray | None = None  # [N] the best path's probability (with END for a CNN-S2S)
     topk_hit: np.ndarray | None = None  # [N] bool: the true path is among the beam's k paths
     consistent: np.ndarray | None = None  # [N] bool: the per-level argmax nodes form a real path
+    uncalibrated: np.ndarray | None = None  # [N] the best path's probability (END excluded) before temperature scaling
+
+    @property
+    def path_prob(self) -> np.ndarray:
+        """[N] the probability of each whole predicted path: its deepest prefix's (calibrated if the prefixes are)."""
+        probs = np.asarray(self.prefix_probs, dtype=np.float64)
+        depth = (~np.isnan(probs)).sum(1)
+        return np.where(depth > 0, probs[np.arange(len(probs)), np.maximum(depth - 1, 0)], np.nan)
 
     @property
     def correct(self) -> np.ndarray:

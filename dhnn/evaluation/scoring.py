@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 
 from ..taxonomy import Taxonomy
 from .backoff import evaluate_backoff
+from .calibration import fit_temperatures
+from .hierarchical import expected_calibration_error
 from .inference import predict_scores
 from .metrics import evaluate_multilabel, evaluate_paths, path_prediction
 from .prefixes import on_full_tree, predict_prefixes
@@ -22,27 +24,34 @@ from .records import NODE_SET_COLUMNS
 
 
 def score_model(model: nn.Module, val_loader: DataLoader, test_loader: DataLoader, tree: Taxonomy,
-               device: torch.device, beam_width: int, multilabel: bool, amp: bool = True,
-               backoff_precision: float = 0.95, full_tree: Taxonomy | None = None) -> tuple[dict, pd.DataFrame]:
+                device: torch.device, beam_width: int, multilabel: bool, amp: bool = True,
+                backoff_precision: float = 0.95, full_tree: Taxonomy | None = None,
+                calibrate: bool = True) -> tuple[dict, pd.DataFrame]:
     """The test metrics and one row per test image, for a path model or (``multilabel``) a node-set one."""
     if multilabel:
         return score_node_sets(model, val_loader, test_loader, tree, device, amp)
-    return score_paths(model, val_loader, test_loader, tree, device, beam_width, amp, backoff_precision, full_tree)
+    return score_paths(model, val_loader, test_loader, tree, device, beam_width, amp, backoff_precision, full_tree,
+                       calibrate)
 
 
 def score_paths(model: nn.Module, val_loader: DataLoader, test_loader: DataLoader, tree: Taxonomy,
-               device: torch.device, beam_width: int, amp: bool = True, backoff_precision: float = 0.95,
-               full_tree: Taxonomy | None = None) -> tuple[dict, pd.DataFrame]:
+                device: torch.device, beam_width: int, amp: bool = True, backoff_precision: float = 0.95,
+                full_tree: Taxonomy | None = None, calibrate: bool = True) -> tuple[dict, pd.DataFrame]:
     """Test metrics with back-off, and per test image: true and predicted path, probability, prefix probabilities.
 
-    Back-off answers with the deepest prefix of the best path whose probability is at least tau;
-    tau is the smallest that reaches ``backoff_precision`` on validation, and the test coverage,
-    precision and mean depth are measured at it. ``full_tree``: the taxonomy that ``tree`` was
-    collapsed from (collapse_chains); paths are put back on it before anything is scored or
-    written, so node and per-level accuracy count the same levels for every variant.
+    With ``calibrate``, temperatures fitted on validation (dhnn.evaluation.calibration) scale the
+    prefix probabilities, so that back-off, the p_level columns and ``ece`` use calibrated ones;
+    ``ece_uncalibrated`` and the ``uncalibrated`` column keep the model's own. Back-off answers with
+    the deepest prefix of the best path whose probability is at least tau; tau is the smallest that
+    reaches ``backoff_precision`` on validation, and the test coverage, precision and mean depth are
+    measured at it. ``full_tree``: the taxonomy that ``tree`` was collapsed from (collapse_chains);
+    paths are put back on it before anything is scored or written, so node and per-level accuracy
+    count the same levels for every variant.
     """
-    val = predict_prefixes(model, val_loader, device, beam_width, amp)
-    test = predict_prefixes(model, test_loader, device, beam_width, amp)
+    temps = fit_temperatures(model, val_loader, device, beam_width, amp) if calibrate else None
+    scale = None if temps is None else torch.tensor(temps)
+    val = predict_prefixes(model, val_loader, device, beam_width, amp, scale)
+    test = predict_prefixes(model, test_loader, device, beam_width, amp, scale)
     if full_tree is not None:
         val, test, tree = on_full_tree(val, tree, full_tree), on_full_tree(test, tree, full_tree), full_tree
     pred, target = torch.as_tensor(test.pred), torch.as_tensor(test.target)
@@ -53,10 +62,14 @@ def score_paths(model: nn.Module, val_loader: DataLoader, test_loader: DataLoade
                    backoff_tau=tau, backoff_precision=backoff_precision,
                    backoff_coverage=backoff["test_coverage"], backoff_test_precision=backoff["test_precision"],
                    backoff_mean_depth=backoff["test_mean_depth"])
+    right = (pred == target).all(1).numpy()
+    uncalibrated = test.path_prob if test.uncalibrated is None else test.uncalibrated
+    metrics.update(temperatures=temps, ece=expected_calibration_error(test.path_prob, right),
+                   ece_uncalibrated=expected_calibration_error(uncalibrated, right))
     predictions = pd.DataFrame({"true path": [" / ".join(p) for p in tree.decode(target)],
                                 "predicted path": [" / ".join(p) for p in tree.decode(pred)],
-                                "score": test.score, "topk_hit": test.topk_hit.astype(int),
-                                "consistent": test.consistent.astype(int)})
+                                "score": test.score, "uncalibrated": uncalibrated,
+                                "topk_hit": test.topk_hit.astype(int), "consistent": test.consistent.astype(int)})
     for t in range(test.prefix_probs.shape[1]):
         predictions[f"p_level{t + 1}"] = test.prefix_probs[:, t]
     return metrics, predictions

@@ -65,7 +65,7 @@ def test(trained: Trained, params: Params) -> tuple[dict, pd.DataFrame]:
     device = next(trained.model.parameters()).device
     return score_model(trained.model, *loaders, trained.tree, device, params.infer.beam_width,
                        trained.task.multilabel, params.train.amp, params.infer.backoff_precision,
-                       full_tree=trained.full_tree)
+                       full_tree=trained.full_tree, calibrate=params.infer.calibrate)
 
 
 def save_inference(out_dir: str | Path, trained: Trained, metrics: dict, predictions: pd.DataFrame,
@@ -95,7 +95,7 @@ def infer_variant(params: Params, variant: str, seeds: list[int], results_dir: s
         if write:
             folder = infer_dir(results_dir, variant, seed)
             save_inference(folder, trained, metrics, predictions, params)
-            export_bundle(checkpoint, params.section("data"), folder / "model.dhnn")
+            export_bundle(checkpoint, params.section("data"), folder / "model.dhnn", metrics.get("temperatures"))
             summary[f"seed{seed}"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
     if write:
         atomic_write_json(summary_file(results_dir, "infer", variant), summary)

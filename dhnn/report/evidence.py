@@ -31,6 +31,12 @@ def _node_accuracy(true: list[str], pred: list[str]) -> float:
     return sum(t == p for t, p in zip(true, pred)) / len(true)
 
 
+def _deepest(prefix_probs: np.ndarray) -> np.ndarray:
+    """[N] the probability of each path's deepest prefix (the whole path), from [N, T] with NaN after the end."""
+    depth = (~np.isnan(prefix_probs)).sum(1)
+    return np.where(depth > 0, prefix_probs[np.arange(len(prefix_probs)), np.maximum(depth - 1, 0)], 0.0)
+
+
 def per_image(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
     """One row per (variant, seed, test image): path and node correctness, the path's probability, both paths."""
     frames = []
@@ -46,15 +52,21 @@ def per_image(results_dir: str | Path, variants: Sequence[str], seeds: Sequence[
             true = [p.split(SEPARATOR) for p in df["true path"]]
             pred = [p.split(SEPARATOR) if p else [] for p in df["predicted path"]]
             levels = sorted((c for c in df.columns if c.startswith("p_level")), key=lambda c: int(c[7:]))
+            # a path that ends early has no probability below its end: an empty cell, read as NaN
+            prefixes = df[levels].replace("", np.nan).to_numpy(dtype=float) if levels else None
+            score = df["score"].to_numpy(dtype=float)
             frames.append(pd.DataFrame({
                 "variant": variant, "seed": seed, "image": df["test_index"].to_numpy(),
                 "path_accuracy": [float(t == p) for t, p in zip(true, pred)],
                 "node_accuracy": [_node_accuracy(t, p) for t, p in zip(true, pred)],
-                "score": df["score"].to_numpy(dtype=float), "true": true, "pred": pred,
+                "score": score, "true": true, "pred": pred,
+                # the path's probability as the run reports it (its deepest prefix's, calibrated where the
+                # infer stage fitted temperatures), and before temperature scaling
+                "probability": score if prefixes is None else _deepest(prefixes),
+                "uncalibrated": df["uncalibrated"].to_numpy(dtype=float) if "uncalibrated" in df else score,
                 "topk_hit": df["topk_hit"].to_numpy(dtype=float) if "topk_hit" in df else np.nan,
                 "consistent": df["consistent"].to_numpy(dtype=float) if "consistent" in df else np.nan,
-                # a path that ends early has no probability below its end: an empty cell, read as NaN
-                "prefix_probs": list(df[levels].replace("", np.nan).to_numpy(dtype=float)) if levels else None}))
+                "prefix_probs": list(prefixes) if levels else None}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -154,19 +166,23 @@ def default_pairs(variants: Sequence[str], baseline: str = "Flat") -> list[tuple
 
 def hierarchical_metrics(images: pd.DataFrame) -> pd.DataFrame:
     """Per variant, mean (sd) over seeds: hierarchical precision/recall/F1, mistake severity, the
-    expected calibration error of the path probability, top-k path accuracy (the beam's k paths) and
+    expected calibration error of the path probability after and before temperature scaling, the
+    area under the full-path risk-coverage curve (AURC), top-k path accuracy (the beam's k paths) and
     the consistency rate of the per-level argmax, all in percent except severity (levels)."""
     rows = []
     for (variant, seed), run in images.groupby(["variant", "seed"], sort=False):
         hp, hr, hf = hierarchical_prf(list(run["true"]), list(run["pred"]))
         rows.append({"variant": variant, "seed": seed, "hP": 100 * hp, "hR": 100 * hr, "hF1": 100 * hf,
                      "severity": mistake_severity(list(run["true"]), list(run["pred"])),
-                     "ECE": 100 * expected_calibration_error(run["score"].clip(0, 1), run["path_accuracy"]),
+                     "ECE": 100 * expected_calibration_error(run["probability"].clip(0, 1), run["path_accuracy"]),
+                     "ECE uncalibrated": 100 * expected_calibration_error(run["uncalibrated"].clip(0, 1),
+                                                                         run["path_accuracy"]),
+                     "AURC": 100 * _selective(run)["risk"].mean(),
                      "top-k": 100 * run["topk_hit"].mean(), "consistency": 100 * run["consistent"].mean()})
     runs = pd.DataFrame(rows)
     stats = runs.drop(columns="seed").groupby("variant", sort=False).agg(["mean", "std"])
     out = pd.DataFrame({"variant": stats.index})
-    for metric in ("hP", "hR", "hF1", "severity", "ECE", "top-k", "consistency"):
+    for metric in ("hP", "hR", "hF1", "severity", "ECE", "ECE uncalibrated", "AURC", "top-k", "consistency"):
         digits = 3 if metric == "severity" else 2
         out[metric] = [f"{m:.{digits}f}" + ("" if np.isnan(s) else f" ({s:.{digits}f})")
                        for m, s in zip(stats[(metric, "mean")], stats[(metric, "std")])]
@@ -238,7 +254,31 @@ def severity_per_run(images: pd.DataFrame) -> pd.DataFrame:
 
 
 def reliability(images: pd.DataFrame, bins: int = 15) -> pd.DataFrame:
-    """Per variant (its seeds pooled), the reliability table of the best path's probability."""
-    frames = [reliability_table(run["score"].clip(0, 1), run["path_accuracy"], bins).assign(variant=v)
+    """Per variant (its seeds pooled), the reliability table of the best path's probability, before
+    temperature scaling and after (column ``probability``: "uncalibrated" or "calibrated")."""
+    frames = [reliability_table(run[column].clip(0, 1), run["path_accuracy"], bins).assign(variant=v, probability=name)
+              for name, column in (("uncalibrated", "uncalibrated"), ("calibrated", "probability"))
               for v, run in images.groupby("variant", sort=False)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _selective(run: pd.DataFrame) -> pd.DataFrame:
+    """Full-path selective classification of one run: answering the whole path for the k most probable
+    images and abstaining on the rest, the risk (share of wrong paths) at every coverage k / N."""
+    order = np.argsort(-run["probability"].to_numpy(dtype=float), kind="stable")
+    wrong = 1.0 - run["path_accuracy"].to_numpy(dtype=float)[order]
+    k = np.arange(1, len(order) + 1)
+    return pd.DataFrame({"coverage": k / len(order), "risk": np.cumsum(wrong) / k})
+
+
+def selective_curves(images: pd.DataFrame, points: int = 101) -> pd.DataFrame:
+    """Risk against coverage of full-path selective classification per variant and seed, at ``points``
+    coverages from 0 to 1 (the risk of the largest answered set at or below each): variant, seed, coverage, risk."""
+    grid = np.linspace(0, 1, points)
+    frames = []
+    for (variant, seed), run in images.groupby(["variant", "seed"], sort=False):
+        curve = _selective(run)
+        at = np.searchsorted(curve["coverage"].to_numpy(), grid, side="right") - 1
+        frames.append(pd.DataFrame({"variant": variant, "seed": seed, "coverage": grid,
+                                    "risk": np.where(at >= 0, curve["risk"].to_numpy()[np.maximum(at, 0)], np.nan)}))
     return pd.concat(frames, ignore_index=True)

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_path
 
-__all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_reliability", "plot_risk_coverage", "plot_severity",
+__all__ = ["plot_learning_curves", "plot_level_accuracy", "plot_reliability", "plot_selective", "plot_severity",
            "plot_taxonomy", "save_figure"]
 
 _STYLE, _CONTEXT = "whitegrid", "notebook"
@@ -175,33 +175,52 @@ def plot_learning_curves(history: pd.DataFrame, metrics: Sequence[str] | None = 
 # ------------------------------------------------------------------- taxonomy
 
 
-def plot_risk_coverage(curves: pd.DataFrame) -> Figure:
-    """Back-off's risk (error rate of the answers) against coverage, one line per variant (mean over seeds)."""
-    _require(curves, ["variant", "tau", "coverage", "risk"], "risk-coverage curves")
-    mean = curves.groupby(["variant", "tau"], sort=False)[["coverage", "risk"]].mean().reset_index()
-    palette = _variant_palette(_ordered_unique(mean["variant"]))
+def plot_selective(selective: pd.DataFrame, backoff: pd.DataFrame) -> Figure:
+    """Two panels, one line per variant (mean over seeds): full-path selective classification (risk
+    of the answered paths against coverage, abstaining on the least probable images) and back-off
+    (accuracy of the answers against the mean depth answered, over tau). A flat net's prefix
+    probabilities are its exact marginals, so its back-off line is the marginal baseline."""
+    _require(selective, ["variant", "coverage", "risk"], "selective-classification curves")
+    _require(backoff, ["variant", "tau", "risk", "mean_depth"], "back-off curves")
+    sel = selective.groupby(["variant", "coverage"], sort=False)["risk"].mean().reset_index()
+    back = backoff.groupby(["variant", "tau"], sort=False)[["risk", "mean_depth"]].mean().reset_index()
+    palette = _variant_palette(_ordered_unique(sel["variant"]))
     with sns.axes_style(_STYLE), sns.plotting_context(_CONTEXT):
-        fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
-        for variant, rows in mean.groupby("variant", sort=False):
-            ax.plot(rows["coverage"], rows["risk"], label=variant, color=palette[variant])
-        ax.set(xlabel="coverage (answers at any depth)", ylabel="risk (wrong answers)", xlim=(0, 1.02))
-        ax.legend(fontsize="small")
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10.4, 4.0), layout="constrained")
+        for variant, rows in sel.groupby("variant", sort=False):
+            left.plot(rows["coverage"], 100 * rows["risk"], label=variant, color=palette[variant])
+        left.set(xlabel="coverage (images answered with a whole path)", ylabel="risk (% wrong paths)",
+                 xlim=(0, 1.02), title="answer the whole path, or abstain")
+        for variant, rows in back.groupby("variant", sort=False):
+            label = f"{variant} (marginals)" if variant.lower().startswith("flat") else variant
+            right.plot(rows["mean_depth"], 100 * (1 - rows["risk"]), label=label, color=palette.get(variant))
+        right.set(xlabel="mean depth answered (specificity)", ylabel="accuracy of the answers (%)",
+                  title="back-off: answer less deep when unsure")
+        left.legend(fontsize="small")
+        right.legend(fontsize="small")
     return fig
 
 
 def plot_reliability(bins: pd.DataFrame) -> Figure:
-    """Reliability diagram: accuracy of the best path against its probability, per confidence bin and variant."""
+    """Reliability diagrams of the best path's probability per variant, before and after temperature
+    scaling (a panel per value of ``probability`` where the column is there)."""
     _require(bins, ["variant", "confidence", "accuracy", "count"], "reliability")
     shown = bins[bins["count"] > 0]
+    if "probability" not in shown:
+        shown = shown.assign(probability="")
+    panels = _ordered_unique(shown["probability"])
     palette = _variant_palette(_ordered_unique(shown["variant"]))
     with sns.axes_style(_STYLE), sns.plotting_context(_CONTEXT):
-        fig, ax = plt.subplots(figsize=(5.2, 4.4), layout="constrained")
-        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
-        for variant, rows in shown.groupby("variant", sort=False):
-            ax.plot(rows["confidence"], rows["accuracy"], marker="o", markersize=3, label=variant,
-                    color=palette[variant])
-        ax.set(xlabel="probability of the predicted path", ylabel="path accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
-        ax.legend(fontsize="small")
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.4), layout="constrained",
+                                 squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+            for variant, rows in shown[shown["probability"] == panel].groupby("variant", sort=False):
+                ax.plot(rows["confidence"], rows["accuracy"], marker="o", markersize=3, label=variant,
+                        color=palette[variant])
+            ax.set(xlabel=f"probability of the predicted path{f' ({panel})' if panel else ''}",
+                   ylabel="path accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
+        axes[0][0].legend(fontsize="small")
     return fig
 
 

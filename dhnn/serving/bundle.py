@@ -45,12 +45,18 @@ class Bundle:
     model: nn.Module
     taxonomy: Taxonomy
     preprocessing: dict
-    meta: dict  # bundle_format, dhnn_version, variant, seed, epoch, val, config, task
+    meta: dict  # bundle_format, dhnn_version, variant, seed, epoch, val, config, task, temperatures
 
     @property
     def multilabel(self) -> bool:
         """Whether the model scores node sets (Open Images) rather than paths."""
         return get_task(self.meta["task"]).multilabel
+
+    @property
+    def temperatures(self) -> torch.Tensor | None:
+        """The temperatures the infer stage fitted on validation (calibrated probabilities), or None."""
+        temps = self.meta.get("temperatures")
+        return None if temps is None else torch.tensor(temps, dtype=torch.float32)
 
 
 def preprocessing_for(data_cfg: dict) -> dict:
@@ -96,8 +102,10 @@ def _build(config: dict, tree: Taxonomy, preprocessing: dict, task: str, state_d
     return model.eval()
 
 
-def export_bundle(checkpoint_path: str | Path, data_cfg: dict, out_path: str | Path) -> Path:
-    """Write a run's checkpoint (model.pt), its taxonomy and its preprocessing as one bundle file; return its path."""
+def export_bundle(checkpoint_path: str | Path, data_cfg: dict, out_path: str | Path,
+                  temperatures: list[float] | None = None) -> Path:
+    """Write a run's checkpoint (model.pt), its taxonomy, its preprocessing and the temperatures that
+    calibrate its probabilities (dhnn.evaluation.calibration) as one bundle file; return its path."""
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
     state = load_checkpoint(checkpoint_path)
     missing = [k for k in ("model", "variant", "seed", "config", "taxonomy") if k not in state]
@@ -111,6 +119,7 @@ def export_bundle(checkpoint_path: str | Path, data_cfg: dict, out_path: str | P
     bundle = {"bundle_format": BUNDLE_FORMAT, "dhnn_version": __version__, "variant": state["variant"],
               "seed": state["seed"], "epoch": state.get("epoch"), "val": state.get("val"),
               "config": state["config"], "taxonomy": tree.to_dict(), "task": task,
+              "temperatures": None if temperatures is None else [float(t) for t in temperatures],
               "preprocessing": preprocessing, "model": dict(state["model"])}
     # through a buffer, like save_checkpoint: equal bundles give equal bytes
     buffer = io.BytesIO()

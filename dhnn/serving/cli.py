@@ -84,11 +84,17 @@ def _prepared(found: Sequence[tuple[Path, bool]], bundle: Bundle, invert: bool
 
 def predict_images(bundle: Bundle, files: Sequence[Path], tensors: Sequence[torch.Tensor], k: int,
                    tau: float | None = None) -> list[dict]:
-    """One record per image: its k best paths (best first) with probabilities, and the back-off at ``tau``."""
-    tree, records = bundle.taxonomy, []
+    """One record per image: its k best paths (best first) with probabilities, and the back-off at ``tau``.
+
+    A bundle with temperatures gives calibrated probabilities: each path's is its deepest prefix's.
+    """
+    tree, records, temps = bundle.taxonomy, [], bundle.temperatures
     for start in range(0, len(tensors), BATCH):
         batch = torch.stack(list(tensors[start:start + BATCH]))
-        indices, scores, prefixes = top_paths_with_prefixes(bundle.model, batch, k)
+        indices, scores, prefixes = top_paths_with_prefixes(bundle.model, batch, k, temps)
+        if temps is not None:
+            last = ((~prefixes.isnan()).sum(-1, keepdim=True) - 1).clamp(min=0)
+            scores = prefixes.gather(-1, last).squeeze(-1).nan_to_num(nan=0.0)
         for i, path in enumerate(files[start:start + BATCH]):
             names = tree.decode(indices[i])
             # empty slots (fewer paths than k in the tree) have no nodes
