@@ -27,6 +27,7 @@ STALE: list[tuple[str, set[str]]] = [
     ("dhnn/evaluation/bootstrap.py", {"report"}),               # intervals of the comparisons
     ("dhnn/evaluation/hierarchical.py", {"report"}),            # hierarchical F1, severity, calibration
     ("dhnn/evaluation/scoring.py", {"infer"}),                  # test scores and predictions
+    ("dhnn/evaluation/calibration.py", {"infer"}),              # temperatures fitted on validation
     ("dhnn/evaluation/prefixes.py", {"infer"}),                 # prefix probabilities of the test paths
     ("dhnn/evaluation/backoff.py", {"infer", "report"}),        # back-off on test, and its curves
     ("dhnn/evaluation/inference.py", {"train", "infer"}),       # train: each epoch's validation predictions
