@@ -16,7 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 MODULE_NAME = re.compile(r"^dhnn(\.[A-Za-z_]\w*)+$")
 # stage name in dvc.yaml -> what it runs: a notebook, or a dhnn module run with python -m
-STAGES = {"taxonomy": "notebooks/00_taxonomy.ipynb", "train": "notebooks/01_train.ipynb",
+STAGES = {"fetch": "dhnn/pipeline/fetch.py", "taxonomy": "notebooks/00_taxonomy.ipynb", "train": "notebooks/01_train.ipynb",
           "infer": "notebooks/02_infer.ipynb", "report": "notebooks/03_report.ipynb"}
 
 
