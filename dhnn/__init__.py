@@ -6,7 +6,7 @@ tree returns the best paths.
 
 The package reads one way, each layer importing only those above it:
 
-    paths, io, params        project paths, atomic files, the typed parameter schema
+    paths, io, params        project paths, atomic files, the typed parameter schema (params_fetch: its data.fetch)
     taxonomy                 the class tree and its files
     data                     data sources behind one registry (data.registry)
     decoding                 beam search constrained to the tree

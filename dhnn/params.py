@@ -15,11 +15,12 @@ import difflib
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
                       PrivateAttr, ValidationError, field_validator, model_validator)
+from .params_fetch import FetchParams
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"  # variant names become folder names
 
@@ -95,6 +96,8 @@ class OpenImagesData(DataBase):
     class_descriptions: str | None = None
     labels: dict[Literal["train", "val", "test"], str]
     images: dict[Literal["train", "val", "test"], str]
+    fetch: FetchParams | None = None  # None: nothing fetched (the files are there); the fetch stage writes under root
+    tree: str | None = None  # a label-path CSV of the nodes to keep (taxonomies/open_images_paper.csv)
     subtree: str | None = None
     max_depth: PositiveInt | None = None
     min_images: PositiveInt | None = None
@@ -358,9 +361,6 @@ def _explain(err: ValidationError, raw: Any, where: str) -> ParamsError:
         key = _where(e["loc"], raw)
         lines.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")
     return ParamsError("\n".join(dict.fromkeys(lines)))
-
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def validate(raw: Any, where: str = "params") -> Params:

@@ -26,6 +26,7 @@ from dhnn.params import load_params, validate
 from dhnn.taxonomy import Taxonomy
 
 OPEN_IMAGES = Path(__file__).resolve().parents[1] / "configs" / "paper-openimages.yaml"
+OPEN_IMAGES_SMALL = OPEN_IMAGES.with_name("openimages-small.yaml")
 # the models of the slides' Open Images table
 TABLE = [f"{cnn}-50" if cnn != "VGG" else "VGG-16" for cnn in ("VGG", "Res", "SE-Res", "CBAM-Res")] + [
     f"{cnn}-S2S{alt}-{conv}" for cnn in ("VGG", "Res", "SE-Res", "CBAM-Res") for alt in ("", "-Alt")
@@ -98,6 +99,15 @@ def test_open_images_config_has_the_tables_models_and_training() -> None:
             p = cfg["conversion"].get("p") or cfg["conversion"].get("channels")
             assert p == (2048 if name.endswith("-L") else 256), name
     assert params.data.max_depth == 3
+    assert params.data.tree == "taxonomies/open_images_paper.csv" and params.data.fetch.resize_short_side == 256
+
+
+def test_small_open_images_config_is_the_paper_config_on_fewer_images_and_seeds() -> None:
+    paper, small = load_params(OPEN_IMAGES), load_params(OPEN_IMAGES_SMALL)
+    assert small.variants == paper.variants and small.grid.variants == paper.grid.variants
+    assert small.train == paper.train and small.grid.seeds == [1234, 2468]
+    assert 1000 <= small.data.fetch.max_images_per_split <= 10000 and paper.data.fetch.max_images_per_split is None
+    assert small.data.model_copy(update={"fetch": paper.data.fetch}) == paper.data  # the same tree and data
 
 
 @pytest.mark.usefixtures("thin_vgg")

@@ -16,7 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 NOTEBOOK_STAGES = {"taxonomy", "train", "infer", "report"}
-EVERY = {"nbcode", *NOTEBOOK_STAGES}
+EVERY = {"fetch", "nbcode", *NOTEBOOK_STAGES}
+DATA_STAGES = {"fetch", "taxonomy", "train", "infer"}  # what reads a data source
 
 # module (first match wins) -> the stages that editing it makes stale
 STALE: list[tuple[str, set[str]]] = [
@@ -25,7 +26,7 @@ STALE: list[tuple[str, set[str]]] = [
     ("dhnn/serving/__init__.py", {"infer"}),
     ("dhnn/serving/*", set()),                                  # `dhnn predict` only
     ("dhnn/evaluation/bootstrap.py", {"report"}),               # intervals of the comparisons
-    ("dhnn/evaluation/hierarchical.py", {"report"}),            # hierarchical F1, severity, calibration
+    ("dhnn/evaluation/hierarchical.py", {"infer", "report"}),   # calibration error (infer); hierarchical F1, severity
     ("dhnn/evaluation/scoring.py", {"infer"}),                  # test scores and predictions
     ("dhnn/evaluation/calibration.py", {"infer"}),              # temperatures fitted on validation
     ("dhnn/evaluation/prefixes.py", {"infer"}),                 # prefix probabilities of the test paths
@@ -40,16 +41,20 @@ STALE: list[tuple[str, set[str]]] = [
     ("dhnn/training/checkpoint.py", {"train", "infer"}),        # infer reads the checkpoints
     ("dhnn/training/__init__.py", {"train", "infer"}),
     ("dhnn/training/*", {"train"}),
-    ("dhnn/data/*", {"taxonomy", "train", "infer"}),
-    ("dhnn/taxonomy/files.py", {"taxonomy", "train", "infer"}),  # tree files; the report reads taxonomy.json
-    ("dhnn/taxonomy/*", NOTEBOOK_STAGES),
-    ("dhnn/params.py", NOTEBOOK_STAGES),
-    ("dhnn/paths.py", NOTEBOOK_STAGES),
+    ("dhnn/data/open_images_fetch.py", {"fetch"}),             # downloads; the other stages read what it wrote
+    ("dhnn/data/open_images_cut.py", set()),                   # cuts the committed tree: a command, no stage
+    ("dhnn/data/*", DATA_STAGES),
+    ("dhnn/taxonomy/files.py", DATA_STAGES),                   # tree files; the report reads taxonomy.json
+    ("dhnn/taxonomy/*", DATA_STAGES | NOTEBOOK_STAGES),
+    ("dhnn/params.py", DATA_STAGES | NOTEBOOK_STAGES),
+    ("dhnn/params_fetch.py", DATA_STAGES | NOTEBOOK_STAGES),   # part of the schema
+    ("dhnn/paths.py", DATA_STAGES | NOTEBOOK_STAGES),
     ("dhnn/console.py", {"train", "infer"}),
     ("dhnn/io.py", EVERY),
     ("dhnn/__init__.py", EVERY),
     ("dhnn/pipeline/__init__.py", EVERY),
     ("dhnn/pipeline/nbcode.py", {"nbcode"}),
+    ("dhnn/pipeline/fetch.py", {"fetch"}),
     ("dhnn/pipeline/run.py", NOTEBOOK_STAGES),                  # every notebook stage's cmd runs it
     ("dhnn/pipeline/context.py", NOTEBOOK_STAGES),
     ("dhnn/pipeline/layout.py", NOTEBOOK_STAGES),
@@ -108,7 +113,7 @@ def _downstream(stages: set[str]) -> set[str]:
 
 @pytest.mark.parametrize("module", ["dhnn/data/base.py", "dhnn/taxonomy/tree.py", "dhnn/params.py"])
 def test_data_taxonomy_and_params_reach_every_stage_downstream(module: str) -> None:
-    assert _downstream(listed_by(module)) == NOTEBOOK_STAGES
+    assert _downstream(listed_by(module)) == DATA_STAGES | NOTEBOOK_STAGES | {"check"}
 
 
 def test_a_report_edit_reaches_nothing_upstream() -> None:

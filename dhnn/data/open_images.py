@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import csv
+import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,11 +24,11 @@ from ..paths import resolve
 from ..taxonomy import Taxonomy
 from .base import Splits, data_settings, folder_fingerprint, split_indices, subsample
 from .images import build_transforms, transform_settings
-from .open_images_tree import (OpenImagesTree, count_images, multi_hot, prune_by_count, read_image_labels,
-                               read_open_images_hierarchy, remap_labels)
+from .open_images_tree import (OpenImagesTree, count_images, keep_nodes, multi_hot, prune_by_count, read_image_labels,
+                               read_open_images_hierarchy, read_tree_file, remap_labels)
 
 SPLITS = ("train", "val", "test")
-
+MISSING = "missing.csv"  # under root: split,ImageID,url,reason of each image the fetch could not have
 
 
 def _image_path(images_dir: Path, image_id: str) -> Path:
@@ -113,12 +115,15 @@ def _hierarchy(cfg: dict) -> OpenImagesTree:
 
 
 def open_images_tree(cfg: dict) -> OpenImagesTree:
-    """The working tree: the official hierarchy, restricted to ``subtree``/``max_depth``, pruned by ``min_images``.
+    """The working tree: the official hierarchy, restricted to ``subtree``/``max_depth``, then to the nodes
+    of the ``tree`` file, then pruned by ``min_images``.
 
     Counting images needs the train labels, so ``min_images`` reads ``labels.train``.
     """
     cfg = data_settings(cfg)
     tree = _hierarchy(cfg)
+    if cfg.get("tree"):
+        tree = keep_nodes(tree, read_tree_file(resolve(cfg["tree"])), cfg["tree"])
     if cfg.get("min_images"):
         labels = read_image_labels(resolve(cfg["root"]) / cfg["labels"]["train"], tree)
         tree = prune_by_count(tree, count_images(labels), cfg["min_images"])
@@ -141,6 +146,11 @@ def open_images_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
                          "taxonomy passed in; rerun the taxonomy stage")
     root, seed = resolve(cfg["root"]), cfg["split_seed"]
     labels = {s: remap_labels(read_image_labels(root / f, full), full, tree) for s, f in cfg["labels"].items()}
+    if cfg.get("fetch"):  # exactly the images the fetch stage fetched: its selection, less what the bucket lacked
+        missing = read_missing(root)
+        for s, split_labels in labels.items():
+            keep = set(fetched_selection(split_labels, cfg["fetch"]["max_images_per_split"])) - missing.get(s, set())
+            labels[s] = {i: nodes for i, nodes in split_labels.items() if i in keep}
     folders = dict(cfg["images"])
     if "val" not in labels:  # hold out part of train, as for the other data sets
         ids = list(labels["train"])
@@ -164,6 +174,27 @@ def open_images_splits(cfg: dict, taxonomy: Taxonomy) -> Splits:
     t = transform_settings(cfg.get("transform"))
     return Splits(train=datasets["train"], val=datasets["val"], test=datasets["test"], classes=taxonomy.nodes,
                   in_chans=t["in_chans"], image_size=t["crop"])
+
+
+def fetched_selection(image_ids: Iterable[str], max_images: int | None) -> list[str]:
+    """The images a fetch takes from a split: all, or the first ``max_images`` in a fixed hashed order.
+
+    The order depends on the ids alone, so a larger ``max_images`` only adds images (a rerun fetches
+    just those), and a sample of a split is spread over it rather than its first ids.
+    """
+    ordered = sorted(image_ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())
+    return ordered if max_images is None else ordered[:max_images]
+
+
+def read_missing(root: str | os.PathLike[str]) -> dict[str, set[str]]:
+    """split -> the ImageIDs listed in ``root/missing.csv`` (none when there is no such file)."""
+    out: dict[str, set[str]] = {}
+    path = Path(root) / MISSING
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                out.setdefault(row["split"], set()).add(row["ImageID"])
+    return out
 
 
 # -- the data-source interface (see dhnn.data.registry) -------------------------------------------

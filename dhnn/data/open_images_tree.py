@@ -255,10 +255,47 @@ def prune_by_count(tree: OpenImagesTree, counts: Mapping[str, int], min_images: 
             parent = tax.parent(n)
             if not keep[n] and parent is not None:
                 count[parent] += count[n]
+    if not any(keep.values()):
+        raise ValueError(f"min_images={min_images} prunes every node (largest count: {max(count.values())})")
+    return _restrict(tree, keep)
+
+
+def read_tree_file(path: str | os.PathLike[str]) -> Taxonomy:
+    """A label-path CSV (header ``level_1,level_2,...``) whose leading ``#`` lines are comments."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such tree file") from None
+    body = [line for line in lines if not line.startswith("#")]
+    if not body:
+        raise ValueError(f"{path}: no header row after the comments")
+    rows = [[c.strip() for c in row] for row in csv.reader(body[1:])]
+    paths = [[c for c in row if c] for row in rows if any(row)]
+    if not paths:
+        raise ValueError(f"{path}: no label paths after the header row")
+    try:
+        return Taxonomy.from_paths(paths)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def keep_nodes(tree: OpenImagesTree, wanted: Taxonomy, source: str = "tree file") -> OpenImagesTree:
+    """Only the nodes of ``wanted`` (each under its hierarchy parent); other labels fold into their kept ancestor."""
+    tax = tree.taxonomy
+    for node in wanted.nodes:
+        if node not in tax:
+            raise ValueError(f"{source}: {node!r} is not a class of the hierarchy at the configured subtree/max_depth")
+        if wanted.path(node) != tax.path(node):
+            raise ValueError(f"{source}: {node!r} sits under {' > '.join(wanted.path(node)[:-1]) or 'the root'}, "
+                             f"but the hierarchy has it under {' > '.join(tax.path(node)[:-1]) or 'the root'}")
+    return _restrict(tree, {n: n in wanted for n in tax.nodes})
+
+
+def _restrict(tree: OpenImagesTree, keep: Mapping[str, bool]) -> OpenImagesTree:
+    """``tree`` with only the kept nodes (a kept node's parent is kept); labels map to their nearest kept ancestor."""
+    tax = tree.taxonomy
     levels = [[n for n in level if keep[n]] for level in tax.levels]
     levels = [level for level in levels if level]  # a kept node's parent is kept: no gaps
-    if not levels:
-        raise ValueError(f"min_images={min_images} prunes every node (largest count: {max(count.values())})")
 
     def kept_ancestor(node: str | None) -> str | None:
         while node is not None and not keep[node]:
@@ -356,3 +393,9 @@ def multi_hot(node_lists: Sequence[Sequence[str]], taxonomy: Taxonomy, *,
     out = torch.zeros(len(node_lists), len(index))
     out[rows, cols] = 1.0
     return out
+
+
+if __name__ == "__main__":  # `python -m dhnn.data.open_images_tree --recut`: see dhnn.data.open_images_cut
+    import runpy
+
+    runpy.run_module(f"{__package__}.open_images_cut", run_name="__main__")  # by a relative name: see registry.py

@@ -9,6 +9,10 @@ used (the image-folder readers pull in PIL and torchvision's transforms):
   returning a manifest (file -> checksum or fingerprint) that the pipeline's stages depend on;
 - ``splits(data, tree) -> Splits``: train, validation and test sets.
 
+A source whose files can be downloaded also names a ``fetcher``, a module of ``dhnn.data`` with
+``fetch(data, progress) -> dict`` (the pipeline's fetch stage; its manifest). Others fetch nothing. It is
+named relative to the package, so that the stages that never fetch don't list it among their code.
+
 ``task`` says what a label is: ``paths`` (one root path per image) or ``node_sets`` (any set of
 nodes per image, each with its ancestors, as in Open Images); see dhnn.tasks.
 """
@@ -29,6 +33,7 @@ class Source:
     name: str
     module: str
     task: str
+    fetcher: str | None = None
 
     def _impl(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -49,13 +54,19 @@ class Source:
         """Train, validation and test sets."""
         return self._impl().splits(data, tree)
 
+    def fetch(self, data: dict, progress: bool = True) -> dict:
+        """Download what the data settings need and is not there yet; a manifest of it."""
+        if self.fetcher is None:
+            return {"fetched": f"nothing: {self.name} is not fetched by the pipeline"}
+        return importlib.import_module(f"{__package__}.{self.fetcher}").fetch(data, progress)
+
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("fashion_mnist", "dhnn.data.fashion_mnist", "paths"),
     Source("image_folder", "dhnn.data.folders", "paths"),
     Source("inaturalist", "dhnn.data.folders", "paths"),
     Source("cifar100", "dhnn.data.cifar100", "paths"),
-    Source("open_images", "dhnn.data.open_images", "node_sets"),
+    Source("open_images", "dhnn.data.open_images", "node_sets", fetcher="open_images_fetch"),
     Source("fashion_scenes", "dhnn.data.fashion_scenes", "node_sets"),
 )}
 

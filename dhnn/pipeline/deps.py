@@ -16,9 +16,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 MODULE_NAME = re.compile(r"^dhnn(\.[A-Za-z_]\w*)+$")
 # stage name in dvc.yaml -> what it runs: a notebook (through the runner), or a dhnn module run with python -m
-STAGES = {"nbcode": "dhnn/pipeline/nbcode.py", "taxonomy": "notebooks/00_taxonomy.ipynb",
-          "train": "notebooks/01_train.ipynb", "infer": "notebooks/02_infer.ipynb",
-          "report": "notebooks/03_report.ipynb"}
+STAGES = {"fetch": "dhnn/pipeline/fetch.py", "nbcode": "dhnn/pipeline/nbcode.py",
+          "taxonomy": "notebooks/00_taxonomy.ipynb", "train": "notebooks/01_train.ipynb",
+          "infer": "notebooks/02_infer.ipynb", "report": "notebooks/03_report.ipynb"}
 RUNNER = "dhnn.pipeline.run"  # each notebook stage's cmd: `python -m dhnn.pipeline.run NOTEBOOK ...`
 # Code that a notebook reaches only when opened on its own (it builds the demo, with every stage's code):
 # no stage runs it, and it refuses to run where the runner set DHNN_STAGE, so it is no stage's dependency.
