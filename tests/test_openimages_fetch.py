@@ -32,7 +32,7 @@ from dhnn.data.open_images import fetched_selection, read_missing
 from dhnn.data.open_images_fetch import FetchError, fetch
 from dhnn.params import validate
 from dhnn.pipeline import fetch as fetch_stage
-from dhnn.pipeline import stages, variants
+from dhnn.pipeline import infer_stage, taxonomy_stage, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "openimages"
@@ -274,12 +274,12 @@ def test_the_tiny_multilabel_pipeline_runs_on_the_fetched_images(fetched, server
     monkeypatch.chdir(fetched["project"])
     params = validate(_params(servers), "params.yaml")
     results = fetched["project"] / "results"
-    stages.save_taxonomy(stages.build_taxonomy(params), results)
-    tree = stages.build_taxonomy(params)
+    taxonomy_stage.save_taxonomy(taxonomy_stage.build_taxonomy(params), results)
+    tree = taxonomy_stage.build_taxonomy(params)
     assert tree.level_sizes == [2, 4, 24]
     for v in params.grid.variants:
-        variants.train_variant(params, v, params.grid.seeds, results)
-        for _, (trained, metrics, predictions) in variants.infer_variant(params, v, params.grid.seeds, results).items():
+        train_stage.train_variant(params, v, params.grid.seeds, results)
+        for _, (trained, metrics, predictions) in infer_stage.infer_variant(params, v, params.grid.seeds, results).items():
             assert len(trained.splits.train) == SIZES["train"] + 1  # the dropped one is in, 404 and corrupt are out
             assert len(trained.splits.test) == len(predictions) == SIZES["test"]
             assert 0.0 <= metrics["path_f1"] <= 1.0 and 0.0 <= metrics["node_f1"] <= 1.0

@@ -67,6 +67,7 @@ STALE: list[tuple[str, set[str]]] = [
     ("dhnn/pipeline/demo.py", set()),    # notebooks opened on their own only; refuses to run in a stage
     ("dhnn/pipeline/check.py", set()),   # the check stage runs on every repro anyway
     ("dhnn/pipeline/deps.py", set()),    # writes these lists; no stage runs it
+    ("dhnn/pipeline/study.py", set()),   # runs a whole dvc repro in a workspace of its own
 ]
 
 
