@@ -137,7 +137,7 @@ def train(run: TrainRun, params: Params, out_dir: str | Path, last_file: str | P
     machine (torchrun, one GPU each under CUDA): see :func:`train_distributed`.
     """
     if params.train.nproc > 1:
-        return pd.DataFrame(train_distributed(run, params, out_dir, logs))
+        return pd.DataFrame(train_distributed(run, params, out_dir, logs, last_file))
     return pd.DataFrame(train_in_process(run, params, out_dir, last_file=last_file, logs=logs))
 
 
@@ -193,13 +193,15 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
 DDP_HISTORY = "history.json"  # what rank 0 of a torchrun job leaves beside model.pt for train_distributed
 
 
-def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: str | Path | None = None) -> list[dict]:
+def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: str | Path | None = None,
+                      last_file: str | Path | None = None) -> list[dict]:
     """Train ``run`` in ``train.nproc`` processes on this machine under torchrun; the history per epoch.
 
-    Each process runs ``python -m dhnn.pipeline.ddp_train`` on the params file these params were
-    read from, the run's tree and seed, so it rebuilds the same data and model; rank 0 writes what
-    a one-process run writes, and the history, which this reads back. The job's output streams to
-    the terminal; a failed job raises, with the end of its output.
+    Each process runs ``python -m dhnn.pipeline.ddp_train`` on a job file: the params file these
+    params were read from, the run's tree and seed (so it rebuilds the same data and model), its
+    folders and its resume file ``last_file``. Rank 0 writes what a one-process run writes, and the
+    history, which this reads back. The job's output streams to the terminal; a failed job raises,
+    with the end of its output.
     """
     import collections
     import json
@@ -230,12 +232,16 @@ def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: 
             source.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
         # torchrun --standalone, but on the loopback interface whatever the host name resolves to: a
         # rendezvous store on a free port of 127.0.0.1, which the processes also use as MASTER_ADDR
+        # one file as the worker's only argument: torchrun parses every option on its command line and
+        # takes one that abbreviates its own (--logs for --logs-specs) as its own
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"params": str(source), "variant": run.variant, "seed": run.seed,
+                                   "taxonomy": str(taxonomy), "out": str(out),
+                                   "logs": None if logs is None else str(resolve(logs)),
+                                   "last": None if last_file is None else str(resolve(last_file))}), encoding="utf-8")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--rdzv-backend=c10d",
                "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=dhnn-{uuid.uuid4().hex}", "--local-addr=127.0.0.1",
-               f"--nproc_per_node={n}", "-m", "dhnn.pipeline.ddp_train", "--params", str(source),
-               "--variant", run.variant, "--seed", str(run.seed), "--taxonomy", str(taxonomy), "--out", str(out)]
-        if logs is not None:
-            cmd += ["--logs", str(resolve(logs))]
+               f"--nproc_per_node={n}", "-m", "dhnn.pipeline.ddp_train", str(job)]
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # share the cores
         env.setdefault("PYTHONUNBUFFERED", "1")
