@@ -88,13 +88,21 @@ def ensure_demo(params: Params, upto: str) -> None:
 
 # -- every seed of a variant ------------------------------------------------------------------------
 
-def summary_file(results_dir: str | Path, stage: str, variant: str) -> Path:
-    """A variant's summary over its seeds, beside the stage's folder of that variant."""
-    return resolve(results_dir) / stage / f"{variant}.json"
+def summary_file(metrics_dir: str | Path, stage: str, variant: str) -> Path:
+    """A variant's summary over its seeds: ``<metrics_dir>/<stage>/<variant>.json``.
+
+    ``dvc repro`` passes ``metrics``, a folder that git tracks: an experiment's commit then holds its
+    metrics, which ``dvc exp show`` reads from it (results/ is git-ignored).
+    """
+    return resolve(metrics_dir) / stage / f"{variant}.json"
 
 
-def train_variant(params: Params, variant: str, seeds: list[int], results_dir: str | Path) -> dict[int, pd.DataFrame]:
+def train_variant(params: Params, variant: str, seeds: list[int], results_dir: str | Path,
+                  metrics_dir: str | Path | None = None) -> dict[int, pd.DataFrame]:
     """Train ``variant`` once per seed, each into its own folder; the history of each run, by seed.
+
+    The seeds' summary goes to ``<metrics_dir>/train/<variant>.json`` (``metrics_dir``: by default
+    ``results_dir``).
 
     Each run's resume state (last.pt) lives in ``resume/<variant>/seed<k>/``, outside the stage's
     output, which dvc deletes before it reruns a stage: a stage killed at its third seed resumes
@@ -111,7 +119,7 @@ def train_variant(params: Params, variant: str, seeds: list[int], results_dir: s
                                 logs=log_dir(results_dir, variant, seed))
         summary[f"seed{seed}"] = {"params": run.parameters, **run.conversion,
                                   **summarize_history(histories[seed].to_dict("records"), run.task.select)}
-    atomic_write_json(summary_file(results_dir, "train", variant), summary)
+    atomic_write_json(summary_file(metrics_dir or results_dir, "train", variant), summary)
     shutil.rmtree(resume_dir(results_dir, variant), ignore_errors=True)
     return histories
 
@@ -122,11 +130,12 @@ def resume_dir(results_dir: str | Path, variant: str) -> Path:
 
 
 def infer_variant(params: Params, variant: str, seeds: list[int], results_dir: str | Path,
-                  write: bool = True) -> dict[int, tuple]:
+                  metrics_dir: str | Path | None = None, write: bool = True) -> dict[int, tuple]:
     """Test every seed's model of ``variant``: (trained run, metrics, predictions) by seed.
 
     With ``write``, each run's metrics.json, predictions.csv and model bundle (model.dhnn, for
-    ``dhnn predict``) go to its infer folder, and the seeds' metrics to ``infer/<variant>.json``.
+    ``dhnn predict``) go to its infer folder, and the seeds' metrics to
+    ``<metrics_dir>/infer/<variant>.json`` (``metrics_dir``: by default ``results_dir``).
     """
     from ..serving.bundle import export_bundle
 
@@ -142,5 +151,5 @@ def infer_variant(params: Params, variant: str, seeds: list[int], results_dir: s
             export_bundle(checkpoint, params.section("data"), folder / "model.dhnn")
             summary[f"seed{seed}"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
     if write:
-        atomic_write_json(summary_file(results_dir, "infer", variant), summary)
+        atomic_write_json(summary_file(metrics_dir or results_dir, "infer", variant), summary)
     return out
