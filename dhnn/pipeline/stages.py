@@ -148,7 +148,7 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
     ``dist`` (dhnn.training.distributed.Dist) is this process's rank in a torchrun job: it then
     reads its share of each batch, and only rank 0 writes (model.pt, last.pt, dvclive/).
     """
-    from contextlib import nullcontext
+    import shutil
 
     from dvclive import Live  # dvclive imports a good part of dvc: only the train stage needs it
 
@@ -175,7 +175,8 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
         info["full_taxonomy"] = run.full_tree.to_dict()
     main = dist is None or dist.is_main
     live_dir = str(resolve(logs or out) / "dvclive")
-    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, report=None) if main else nullcontext() as live:
+    live = Live(live_dir, save_dvc_exp=False, dvcyaml=False, report=None) if main else None
+    try:
         history = fit(run.model, train_loader, val_loader, task=run.task, lr=t.lr,
                       epochs=run.cfg.get("epochs") or t.epochs,  # a variant's own epochs override train.epochs
                       weight_decay=t.weight_decay, level_weights=params.section("train")["level_weights"],
@@ -184,9 +185,13 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
                       run_info=info, fingerprint=fingerprint(settings), live=live, amp=t.amp,
                       progress=rt.progress, alt=run.cfg.get("alt"), optimizer=t.optimizer, schedule=t.schedule,
                       dist=dist, label_smoothing=t.label_smoothing, last_file=last_file)
+    except BaseException:  # a NaN, Ctrl-C: no half-written logs (a stub metrics.json); a rerun logs every epoch again
         if main:
-            live.summary.update(params=run.parameters, **run.conversion,
-                                **summarize_history(history, run.task.select))
+            shutil.rmtree(live_dir, ignore_errors=True)
+        raise
+    if main:
+        live.summary.update(params=run.parameters, **run.conversion, **summarize_history(history, run.task.select))
+        live.end()
     return history
 
 
