@@ -383,7 +383,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ParamsError(f"{path}: no such parameter file") from None
+        raise ParamsError(f"{path}: no such parameter file; restore it with `git checkout {path.name}`, or start "
+                          f"from a profile: `cp configs/demo.yaml {path.name}` (configs/ holds the others)") from None
     except UnicodeDecodeError as err:
         raise ParamsError(f"{path}: not UTF-8 text ({err})") from None
     except yaml.YAMLError as err:

@@ -243,6 +243,72 @@ def weights_offline(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return backbone.Backbone("resnet18", ["layer4"], 3, pretrained=True)
 
 
+class Stopped(Exception):
+    """A command that stopped with an error: what it printed."""
+
+
+def _command(args: list[str], cwd: Path, stop_when: Path | None = None) -> None:
+    """Run ``args`` (in a session of its own, as a terminal runs a command); once ``stop_when`` exists, press
+    Ctrl-C (SIGINT to the whole process group). Raises Stopped with its output if it fails."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    if stop_when is not None:
+        deadline = time.monotonic() + 120
+        while not stop_when.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    if proc.returncode:
+        raise Stopped(output)
+
+
+def train_nan(tmp: Path, _: pytest.MonkeyPatch) -> Any:
+    from dhnn.params import load_params
+    from dhnn.pipeline import taxonomy_stage, train_stage
+
+    params = load_params(params_file(tmp, train__lr=1.0e6, data__root=str(ROOT / "data"),
+                                     taxonomy__source=str(FMNIST_TREE), data__limit_train=512))
+    taxonomy_stage.save_taxonomy(taxonomy_stage.build_taxonomy(params), tmp / "results")
+    return train_stage.train_variant(params, "RNN-Pool-Resi", [0], tmp / "results", tmp / "metrics")
+
+
+def ctrl_c_in_training(tmp: Path, _: pytest.MonkeyPatch) -> Any:
+    """Ctrl-C at the terminal during the train stage's command (dvc ignores it while a stage runs)."""
+    import sys
+
+    from dhnn.params import load_params
+    from dhnn.pipeline import taxonomy_stage
+
+    path = params_file(tmp, train__epochs=4, data__root=str(ROOT / "data"), taxonomy__source=str(FMNIST_TREE))
+    results = tmp / "results"
+    taxonomy_stage.save_taxonomy(taxonomy_stage.build_taxonomy(load_params(path)), results)
+    last = results / "resume" / "RNN-Pool-Resi" / "seed0" / "last.pt"
+    try:
+        _command([sys.executable, "-m", "dhnn.pipeline.run", "notebooks/01_train.ipynb",
+                  str(results / "logs" / "RNN-Pool-Resi" / "01_train.ipynb"), "-p", "params_file", str(path),
+                  "-p", "results_dir", str(results), "-p", "metrics_dir", str(tmp / "metrics"),
+                  "-p", "variant", "RNN-Pool-Resi"], ROOT, stop_when=last)
+    except Stopped as err:
+        lines = str(err).strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in str(err), str(err)  # one line, no kernel tracebacks
+        assert last.is_file()  # what the rerun resumes from
+        raise
+
+
+def params_missing_under_dvc(tmp: Path, _: pytest.MonkeyPatch) -> Any:
+    import sys
+
+    shutil.copy(ROOT / "dvc.yaml", tmp / "dvc.yaml")
+    _command([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], tmp)
+    _command([sys.executable, "-m", "dvc", "repro"], tmp)
+
+
 def _errors() -> dict[str, type[BaseException]]:
     from dhnn.models.backbone import PretrainedWeightsError
     from dhnn.params import ParamsError
@@ -282,7 +348,11 @@ CASES = [
              "infer: {beam_width: 2}", "infer: {beam_width: 2"))),
          E["params"], "params.yaml: not valid YAML: …line …"),
     Case("params-missing", "params: no params file", lambda tmp, _: _load_params(tmp / "params.yaml"),
-         E["params"], "params.yaml: no such parameter file"),
+         E["params"], "params.yaml: no such parameter file; restore it with `git checkout params.yaml`, or start "
+                      "from a profile: `cp configs/demo.yaml params.yaml` (configs/ holds the others)"),
+    Case("params-missing-dvc", "params: no `params.yaml` under `dvc repro` (DVC reads dvc.yaml's `vars`, which "
+         "list it, before any stage runs: DVC's message, the fix beside `vars` in dvc.yaml)",
+         params_missing_under_dvc, Stopped, "ERROR: failed to parse 'vars' in 'dvc.yaml': 'params.yaml' does not exist"),
     # -- taxonomy ------------------------------------------------------------------------------
     Case("taxonomy-cycle", "taxonomy: a cycle in a parent,child edges CSV",
          read_taxonomy("edges.csv", "parent,child\nclothes,tops\ntops,Shirt\nShirt,clothes\n"),
@@ -316,6 +386,13 @@ CASES = [
          "skip this check"),
     Case("data-class-folder-empty", "data: an empty class folder", class_folder_empty, FileNotFoundError,
          "train/dog: empty class folder (no files ending in .jpg, …)"),
+    # -- stops during training ------------------------------------------------------------------
+    Case("train-nan", "training: a loss that turns NaN in the first epoch, `train.lr: 1.0e6`", train_nan,
+         FloatingPointError, "RNN-Pool-Resi-seed0: epoch 0, step …: the training loss is nan; stopping (lower "
+         "train.lr, or check the data); no checkpoint is kept: no epoch had finished", needs_data=True),
+    Case("train-ctrl-c", "training: Ctrl-C during the train stage (one line; rerun `dvc repro` to resume)",
+         ctrl_c_in_training, Stopped, "stopped by Ctrl-C: notebooks/01_train.ipynb (…01_train.ipynb): kept the last finished epoch of "
+         "seed0 (…/resume/RNN-Pool-Resi/seed0/last.pt); `dvc repro` resumes there", needs_data=True),
     # -- checkpoints and results ---------------------------------------------------------------
     Case("checkpoint-truncated", "checkpoint: a truncated `model.pt`", checkpoint_truncated, E["checkpoint"],
          "RNN-Pool-Resi-seed0/model.pt: not a readable dhnn checkpoint (…); it may be truncated or not a "
@@ -367,6 +444,8 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     left = [p for p in tmp_path.rglob(".*") if "results" in p.relative_to(tmp_path).parts]
     assert not left, f"half-written files left under results/: {left}"
     assert not (tmp_path / CODE_RAN).exists(), "loading the checkpoint ran code"
+    stubs = [p for p in tmp_path.rglob("metrics.json") if p.read_text(encoding="utf-8").strip() == "{}"]
+    assert not stubs, f"stub metrics files left: {stubs}"
     message = str(info.value)
     if not case.pattern.search(message):
         raise MessageMismatch(f"message\n  {message!r}\ndoes not match\n  {case.message!r}")

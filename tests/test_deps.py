@@ -85,3 +85,22 @@ def test_the_demo_is_no_stage_dependency_and_refuses_to_run_in_a_stage(monkeypat
     monkeypatch.setenv(STAGE_ENV, "notebooks/01_train.ipynb")
     with pytest.raises(RuntimeError, match="must never build the demo"):
         ensure_demo(load_params(ROOT / "configs" / "demo.yaml"), "train", ROOT / "results" / "never")
+
+
+def test_no_stage_lists_a_key_whose_list_another_stage_lists() -> None:
+    """dvc merges the keys of every stage (`dvc exp show`, `dvc params show`) and appends lists: a stage listing
+    `grid` beside another's `grid.seeds` shows the seeds twice."""
+    from dhnn.params import load_params
+
+    values = load_params(ROOT / "params.yaml").model_dump(mode="json")
+
+    def value(key: str):
+        v = values
+        for part in key.split("."):
+            v = v[part]
+        return v
+
+    keys = {k for stage in DVC.values() for entry in stage.get("params", []) if isinstance(entry, dict)
+            for file_keys in entry.values() for k in file_keys if "${" not in k}
+    twice = [(a, b) for a in keys for b in keys if b.startswith(a + ".") and isinstance(value(b), list)]
+    assert twice == [], "list these keys one by one, not their parent"

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from dhnn.params import load_params
-from dhnn.pipeline import train_stage
+from dhnn.pipeline import layout, train_stage
 from dhnn.taxonomy import Taxonomy
 from dhnn.training.checkpoint import load_checkpoint
 from dhnn.training.distributed import Dist, distributed_loader, setup
@@ -122,7 +122,9 @@ def _params(tmp: Path, nproc: int = 1) -> Path:
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # PYTHONPATH: the worker script lives in a temp folder, and must import this checkout's dhnn, not an installed one
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if Path("/sys/class/net/lo").exists():
         env["GLOO_SOCKET_IFNAME"] = "lo"
     return env
@@ -205,13 +207,57 @@ def test_the_train_stage_launches_torchrun_with_train_nproc(runs: dict, tmp_path
         monkeypatch.setenv(key, value)
     params = load_params(_params(tmp_path, nproc=2))
     run = train_stage.prepare_training(params, VARIANT, SEED, runs["tmp"] / "taxonomy.json")
-    out = tmp_path / "train" / f"{VARIANT}-seed{SEED}"
-    history = train_stage.train(run, params, out)
+    out, logs, last = (tmp_path / "train" / f"{VARIANT}-seed{SEED}", tmp_path / "logs" / f"{VARIANT}-seed{SEED}",
+                       tmp_path / "resume" / "last.pt")
+    history = train_stage.train(run, params, out, last_file=last, logs=logs)  # as train_variant calls it
     assert isinstance(history, pd.DataFrame) and list(history.columns) == list(pd.DataFrame(runs["one"]).columns)
     assert _numbers(history) == _numbers(runs["two"]["full"])  # the worker's job, bit for bit
-    assert sorted(p.name for p in out.iterdir()) == ["dvclive", "model.pt"]  # no last.pt, no history.json left
-    summary = json.loads((out / "dvclive" / "metrics.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]  # no history.json left
+    assert last.is_file()  # the resume file, where the stage keeps it until every seed is done
+    summary = json.loads((logs / "dvclive" / "metrics.json").read_text())
     assert summary["best_epoch"] in (0, 1) and summary["params"] == run.parameters
+
+
+def test_no_worker_option_abbreviates_a_torchrun_option() -> None:
+    """torchrun parses the script's options too: one that abbreviates its own (--logs, --logs-specs) is taken."""
+    from torch.distributed.run import get_args_parser
+
+    from dhnn.pipeline.ddp_train import parser
+
+    theirs = [o for a in get_args_parser()._actions for o in a.option_strings]
+    ours = [o for a in parser()._actions for o in a.option_strings if o not in ("-h", "--help")]
+    assert ours and not [(o, t) for o in ours for t in theirs if t.startswith(o)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_data
+def test_two_machines_of_one_process_each(runs: dict, tmp_path: Path) -> None:
+    """The several-machines command of docs/scaling.md, as 2 nodes x 1 process on loopback: rank 0 (node 0)
+    writes the run, and the numbers are those of 2 processes on one node, bit for bit."""
+    (tmp_path / "taxonomy").mkdir()
+    (tmp_path / "taxonomy" / "taxonomy.json").write_bytes((runs["tmp"] / "taxonomy.json").read_bytes())
+    params, port = _params(tmp_path), _free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--rdzv_endpoint", f"127.0.0.1:{port}",
+                               "--local-addr=127.0.0.1", "-m", "dhnn.pipeline.ddp_train", "--params", str(params),
+                               "--variant", VARIANT, "--seed", str(SEED), "--results", str(tmp_path)],
+                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    out = layout.train_dir(tmp_path, VARIANT, SEED)
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.pt"]
+    assert (layout.log_dir(tmp_path, VARIANT, SEED) / "dvclive" / "metrics.json").is_file()
+    history = json.loads((out / "history.json").read_text())
+    assert _numbers(history) == _numbers(runs["two"]["full"])
+    assert "epoch 2/2" in outputs[0] and "epoch" not in outputs[1]  # node 1's rank prints nothing
 
 
 def test_a_failed_job_raises_with_the_workers_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_BYTES = 12_500
 # Pages that README.md links to and that other branches add (the Open Images guide, the experiments
 # page); until they are merged, a link to one of them may dangle. Delete an entry once its page exists.
-PENDING = {ROOT / "docs" / "experiments.md"}
+PENDING: set[Path] = set()  # pages linked before they exist (none now)
 
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")

@@ -55,10 +55,13 @@ def tiny_params() -> dict:
     return params
 
 
-def copy_project(dst: Path, params: dict | None = None, real_data: bool = True) -> Path:
-    """The pipeline's files in ``dst``, an initialised DVC project; ``data`` links to the real data or is empty."""
+def copy_project(dst: Path, params: dict | None = None, real_data: bool = True, git: bool = False) -> Path:
+    """The pipeline's files in ``dst``, an initialised DVC project; ``data`` links to the real data or is empty.
+
+    ``git``: a git repository too (what `dvc exp` needs), with the project's .gitignore and nothing committed.
+    """
     dst.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
+    for name in PROJECT_FILES + ([".gitignore"] if git else []):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     if real_data:
@@ -67,7 +70,9 @@ def copy_project(dst: Path, params: dict | None = None, real_data: bool = True) 
         (dst / "data").mkdir()
     if params is not None:
         write_params(dst, params)
-    _dvc(dst, "init", "--no-scm", "-q")
+    if git:
+        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dst, check=True)
+    _dvc(dst, "init", "-q", *([] if git else ["--no-scm"]))
     _dvc(dst, "config", "core.analytics", "false")
     return dst
 
@@ -185,8 +190,8 @@ def test_a_damaged_data_file_stops_repro_and_is_never_recorded(tmp_path: Path) -
 def test_metrics_are_visible_to_dvc(project: Path) -> None:
     shown = json.loads(_dvc(project, "metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]
-    assert files["results/infer/Flat.json"]["data"]["seed0"]["path_accuracy"] >= 0.0
-    assert files["results/train/RNN-Pool-Resi.json"]["data"]["seed0"]["train_seconds"] > 0.0
+    assert files["metrics/infer/Flat.json"]["data"]["seed0"]["path_accuracy"] >= 0.0
+    assert files["metrics/train/RNN-Pool-Resi.json"]["data"]["seed0"]["train_seconds"] > 0.0
 
 
 def test_repro_after_kill_9_resumes_to_the_same_model(project: Path) -> None:

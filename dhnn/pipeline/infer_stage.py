@@ -80,11 +80,12 @@ def save_inference(out_dir: str | Path, trained: Trained, metrics: dict, predict
 
 
 def infer_variant(params: Params, variant: str, seeds: list[int], results_dir: str | Path,
-                  write: bool = True) -> dict[int, tuple]:
+                  metrics_dir: str | Path | None = None, write: bool = True) -> dict[int, tuple]:
     """Test every seed's model of ``variant``: (trained run, metrics, predictions) by seed.
 
     With ``write``, each run's metrics.json, predictions.csv and model bundle (model.dhnn, for
-    ``dhnn predict``) go to its infer folder, and the seeds' metrics to ``infer/<variant>.json``.
+    ``dhnn predict``) go to its infer folder, and the seeds' metrics to
+    ``<metrics_dir>/infer/<variant>.json`` (``metrics_dir``: by default ``results_dir``).
     """
     out, summary = {}, {}
     for seed in seeds:
@@ -98,5 +99,5 @@ def infer_variant(params: Params, variant: str, seeds: list[int], results_dir: s
             export_bundle(checkpoint, params.section("data"), folder / "model.dhnn", metrics.get("temperatures"))
             summary[f"seed{seed}"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
     if write:
-        atomic_write_json(summary_file(results_dir, "infer", variant), summary)
+        atomic_write_json(summary_file(metrics_dir or results_dir, "infer", variant), summary)
     return out

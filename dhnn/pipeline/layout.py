@@ -3,7 +3,8 @@
     taxonomy/taxonomy.json   train/<variant>/seed<k>/model.pt   logs/<variant>/seed<k>/dvclive/
     infer/<variant>/seed<k>/   report/   resume/<variant>/seed<k>/last.pt (until a variant is done)
 
-``<stage>/<variant>.json`` sums a variant up over its seeds, for ``dvc metrics``.
+``metrics/<stage>/<variant>.json`` (git-tracked) sums a variant up over its seeds, for ``dvc metrics``
+and ``dvc exp show``.
 """
 from __future__ import annotations
 
@@ -38,9 +39,13 @@ def resume_dir(results_dir: str | Path, variant: str) -> Path:
     return resolve(results_dir) / "resume" / variant
 
 
-def summary_file(results_dir: str | Path, stage: str, variant: str) -> Path:
-    """A variant's summary over its seeds, beside the stage's folder of that variant."""
-    return resolve(results_dir) / stage / f"{variant}.json"
+def summary_file(metrics_dir: str | Path, stage: str, variant: str) -> Path:
+    """A variant's summary over its seeds: ``<metrics_dir>/<stage>/<variant>.json``.
+
+    ``dvc repro`` passes ``metrics``, a folder that git tracks: an experiment's commit then holds its
+    metrics, which ``dvc exp show`` reads from it (results/ is git-ignored).
+    """
+    return resolve(metrics_dir) / stage / f"{variant}.json"
 
 
 def complete(results_dir: str | Path, variants: list[str], seeds: list[int], stage: str) -> bool:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +76,7 @@ def train(run: TrainRun, params: Params, out_dir: str | Path, last_file: str | P
     machine (torchrun, one GPU each under CUDA): see :func:`train_distributed`.
     """
     if params.train.nproc > 1:
-        return pd.DataFrame(train_distributed(run, params, out_dir, logs))
+        return pd.DataFrame(train_distributed(run, params, out_dir, logs, last_file))
     return pd.DataFrame(train_in_process(run, params, out_dir, last_file=last_file, logs=logs))
 
 
@@ -107,7 +106,8 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
         info["full_taxonomy"] = run.full_tree.to_dict()
     main = dist is None or dist.is_main
     live_dir = str(resolve(logs or out) / "dvclive")
-    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, report=None) if main else nullcontext() as live:
+    live = Live(live_dir, save_dvc_exp=False, dvcyaml=False, report=None) if main else None
+    try:
         history = fit(run.model, train_loader, val_loader, task=run.task, lr=t.lr,
                       epochs=run.cfg.get("epochs") or t.epochs,  # a variant's own epochs override train.epochs
                       weight_decay=t.weight_decay, level_weights=params.section("train")["level_weights"],
@@ -116,22 +116,28 @@ def train_in_process(run: TrainRun, params: Params, out_dir: str | Path, dist=No
                       run_info=info, fingerprint=fingerprint(settings), live=live, amp=t.amp,
                       progress=rt.progress, alt=run.cfg.get("alt"), optimizer=t.optimizer, schedule=t.schedule,
                       dist=dist, label_smoothing=t.label_smoothing, last_file=last_file)
+    except BaseException:  # a NaN, Ctrl-C: no half-written logs (a stub metrics.json); a rerun logs every epoch again
         if main:
-            live.summary.update(params=run.parameters, **run.conversion,
-                                **summarize_history(history, run.task.select))
+            shutil.rmtree(live_dir, ignore_errors=True)
+        raise
+    if main:
+        live.summary.update(params=run.parameters, **run.conversion, **summarize_history(history, run.task.select))
+        live.end()
     return history
 
 
 DDP_HISTORY = "history.json"  # what rank 0 of a torchrun job leaves beside model.pt for train_distributed
 
 
-def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: str | Path | None = None) -> list[dict]:
+def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: str | Path | None = None,
+                      last_file: str | Path | None = None) -> list[dict]:
     """Train ``run`` in ``train.nproc`` processes on this machine under torchrun; the history per epoch.
 
-    Each process runs ``python -m dhnn.pipeline.ddp_train`` on the params file these params were
-    read from, the run's tree and seed, so it rebuilds the same data and model; rank 0 writes what
-    a one-process run writes, and the history, which this reads back. The job's output streams to
-    the terminal; a failed job raises, with the end of its output.
+    Each process runs ``python -m dhnn.pipeline.ddp_train`` on a job file: the params file these
+    params were read from, the run's tree and seed (so it rebuilds the same data and model), its
+    folders and its resume file ``last_file``. Rank 0 writes what a one-process run writes, and the
+    history, which this reads back. The job's output streams to the terminal; a failed job raises,
+    with the end of its output.
     """
     out, n = resolve(out_dir), params.train.nproc
     if params.train.batch_size % n:
@@ -149,12 +155,16 @@ def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: 
             source.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
         # torchrun --standalone, but on the loopback interface whatever the host name resolves to: a
         # rendezvous store on a free port of 127.0.0.1, which the processes also use as MASTER_ADDR
+        # one file as the worker's only argument: torchrun parses every option on its command line and
+        # takes one that abbreviates its own (--logs for --logs-specs) as its own
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"params": str(source), "variant": run.variant, "seed": run.seed,
+                                   "taxonomy": str(taxonomy), "out": str(out),
+                                   "logs": None if logs is None else str(resolve(logs)),
+                                   "last": None if last_file is None else str(resolve(last_file))}), encoding="utf-8")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--rdzv-backend=c10d",
                "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=dhnn-{uuid.uuid4().hex}", "--local-addr=127.0.0.1",
-               f"--nproc_per_node={n}", "-m", "dhnn.pipeline.ddp_train", "--params", str(source),
-               "--variant", run.variant, "--seed", str(run.seed), "--taxonomy", str(taxonomy), "--out", str(out)]
-        if logs is not None:
-            cmd += ["--logs", str(resolve(logs))]
+               f"--nproc_per_node={n}", "-m", "dhnn.pipeline.ddp_train", str(job)]
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # share the cores
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -190,8 +200,12 @@ def train_distributed(run: TrainRun, params: Params, out_dir: str | Path, logs: 
 
 # -- every seed of a variant -----------------------------------------------------------------------
 
-def train_variant(params: Params, variant: str, seeds: list[int], results_dir: str | Path) -> dict[int, pd.DataFrame]:
+def train_variant(params: Params, variant: str, seeds: list[int], results_dir: str | Path,
+                  metrics_dir: str | Path | None = None) -> dict[int, pd.DataFrame]:
     """Train ``variant`` once per seed, each into its own folder; the history of each run, by seed.
+
+    The seeds' summary goes to ``<metrics_dir>/train/<variant>.json`` (``metrics_dir``: by default
+    ``results_dir``).
 
     Each run's resume state (last.pt) lives in ``resume/<variant>/seed<k>/``, outside the stage's
     output, which dvc deletes before it reruns a stage: a stage killed at its third seed resumes
@@ -206,6 +220,6 @@ def train_variant(params: Params, variant: str, seeds: list[int], results_dir: s
                                 logs=log_dir(results_dir, variant, seed))
         summary[f"seed{seed}"] = {"params": run.parameters, **run.conversion,
                                   **summarize_history(histories[seed].to_dict("records"), run.task.select)}
-    atomic_write_json(summary_file(results_dir, "train", variant), summary)
+    atomic_write_json(summary_file(metrics_dir or results_dir, "train", variant), summary)
     shutil.rmtree(resume_dir(results_dir, variant), ignore_errors=True)
     return histories

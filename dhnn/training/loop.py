@@ -70,7 +70,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
     ``net`` runs the forward pass when given: ``model`` wrapped in DistributedDataParallel, which
     averages the gradients across processes. A loss that is NaN or infinite stops the run at once
-    (FloatingPointError): the checkpoints of the epochs before stay as they were.
+    (FloatingPointError); :func:`fit` adds what the epochs before left.
     """
     model.train()
     set_backbone_frozen(model, freeze_backbone)
@@ -85,7 +85,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         loss = model.loss(outputs, paths, level_weights, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}, step {step}: the training loss is {loss.item()}; stopping "
-                                     f"(lower train.lr, or check the data); the last epoch's checkpoint is kept")
+                                     f"(lower train.lr, or check the data)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -170,9 +170,14 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, t
         weights = level_weights_at(level_weights, epoch, epochs)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        stats = train_one_epoch(model, train_loader, opt, scheduler, device, weights, epoch, amp,
-                                freeze_backbone=phase == "head", net=net if net is not model else None,
-                                label_smoothing=label_smoothing)
+        try:
+            stats = train_one_epoch(model, train_loader, opt, scheduler, device, weights, epoch, amp,
+                                    freeze_backbone=phase == "head", net=net if net is not model else None,
+                                    label_smoothing=label_smoothing)
+        except FloatingPointError as err:  # say what is kept: the epochs before wrote last.pt, or nothing did
+            kept = (f"the checkpoint of epoch {epoch - 1} is kept ({last_file}, best epoch in {best_file})"
+                    if epoch > 0 else "no checkpoint is kept: no epoch had finished")
+            raise FloatingPointError(f"{name}: {err}; {kept}") from None
         if dist is not None:
             stats["loss"] = all_reduce_mean(stats["loss"], dist)  # every rank has as many samples
             val = broadcast_object(task.evaluate(model, val_loader, device, beam_width, amp) if main else None, dist)
