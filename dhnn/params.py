@@ -245,6 +245,8 @@ class S2SParams(Strict):
     end_after: Literal["auto", "leaves", "any"] = "auto"  # auto: "any" when labels end above the leaves, else "leaves"
     embed_size: PositiveInt | None = None
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    level_inputs: bool = False  # beyond the paper: decoder step t also reads u_t (default off: the paper's decoder)
+    residual: bool = False      # beyond the paper: CNN-RNN's residual arc on the decoder, logits of u_t + z(h_t)
 
 
 class AltParams(Strict):

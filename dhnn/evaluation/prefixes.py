@@ -63,9 +63,10 @@ def _s2s(model: CNNS2S, outputs: S2SOutputs, indices: torch.Tensor) -> torch.Ten
     # node ids in the decoder's vocabulary; END after the path's end (only its feedback is used)
     tokens = torch.where(valid, flat + model.level_offsets, model.end)
     x = model.start.to(dtype).expand(batch * k, -1)
+    inputs = None if outputs.inputs is None else outputs.inputs.to(dtype).repeat_interleave(k, dim=0)
     steps = []
     for t in range(levels):
-        logits, (h, c) = model.step(x, (h, c))
+        logits, (h, c) = model.step(x, (h, c), inputs, t)
         steps.append(logits.float().softmax(-1).gather(1, tokens[:, t:t + 1]).squeeze(1))
         x = model.next_input(logits, tokens[:, t])
     return _along(torch.stack(steps, -1), valid).view(batch, k, levels)
