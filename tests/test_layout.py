@@ -51,7 +51,7 @@ def test_dhnn_has_no_import_cycle() -> None:
 
 def test_layers_import_only_layers_above_them() -> None:
     """The order in dhnn/__init__'s docstring: a module never imports one from a later layer."""
-    order = ["paths", "io", "console", "params_fetch", "params", "taxonomy", "data", "decoding", "models", "evaluation", "tasks",
+    order = ["paths", "io", "console", "params_base", "params_fetch", "params_models", "params", "taxonomy", "data", "decoding", "models", "evaluation", "tasks",
              "training", "report", "serving", "pipeline"]
     rank = {name: i for i, name in enumerate(order)}
 

@@ -60,9 +60,10 @@ def path_logits(model: nn.Module, outputs: torch.Tensor | S2SOutputs, indices: t
     # node ids in the decoder's vocabulary; END after the path's end (only its feedback is used)
     tokens = torch.where(flat != IGNORE_INDEX, flat + model.level_offsets, model.end)
     x = model.start.to(dtype).expand(batch * k, -1)
+    inputs = None if outputs.inputs is None else outputs.inputs.to(dtype).repeat_interleave(k, dim=0)
     steps = []
     for t in range(levels):
-        logits, (h, c) = model.step(x, (h, c))
+        logits, (h, c) = model.step(x, (h, c), inputs, t)
         steps.append(logits.float())
         x = model.next_input(logits, tokens[:, t])  # the decoder's own feed, never a calibrated one
     return PathLogits(torch.stack(steps, 1), indices)

@@ -37,6 +37,7 @@ class S2SOutputs:
 
     logits: torch.Tensor  # [B, T+1, |V|+1], column |V| is END
     state: tuple[torch.Tensor, torch.Tensor]  # decoder's initial (h, c), each [J, B, 2H]
+    inputs: torch.Tensor | None = None  # u_1..u_T [B, T, p], kept only with level_inputs or residual (decoding needs them)
 
 
 def _init_lstm(lstm: nn.LSTM) -> None:
@@ -105,12 +106,18 @@ class CNNS2S(nn.Module):
     empty set: zeros) and of the tokens scored >= 0.5 at inference: the evaluation's threshold is
     chosen only after training, and 0.5 is where the sigmoid CE puts a token as likely on as off.
     ``end_after`` plays no part (the END targets are trained, but decoding thresholds nodes).
+
+    ``level_inputs`` (beyond the paper, default off): decoder step t also reads u_{t+1}, level t + 1's
+    converted CNN input, beside its feed (zeros at the last step, END alone), as CNN-RNN's step t
+    reads u_t. The paper's decoder sees the image only through its initial state. ``residual`` (beyond
+    the paper, default off): CNN-RNN's residual arc on the decoder, step t's logits from u_{t+1} + z(h_t).
     """
 
     def __init__(self, taxonomy: Taxonomy, backbone: Backbone, level_layers: Sequence[Sequence[str]],
                  conversion: dict, in_chans: int, image_size: int, hidden_size: int = 512, num_layers: int = 1,
                  feed: str = "softmax", end_after: str = "leaves", embed_size: int | None = None,
-                 dropout: float = 0.0, multilabel: bool = False):
+                 dropout: float = 0.0, multilabel: bool = False, level_inputs: bool = False,
+                 residual: bool = False):
         super().__init__()
         if len(level_layers) != taxonomy.num_levels:
             raise ValueError(f"level_layers has {len(level_layers)} entries; the taxonomy has {taxonomy.num_levels} levels")
@@ -124,7 +131,7 @@ class CNNS2S(nn.Module):
         if hidden_size < 1 or num_layers < 1:
             raise ValueError(f"s2s hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
         self.taxonomy, self.backbone, self.feed, self.end_after = taxonomy, backbone, feed, end_after
-        self.multilabel = multilabel
+        self.multilabel, self.level_inputs, self.residual = multilabel, level_inputs, residual
         self.num_levels = taxonomy.num_levels
         self.end = len(taxonomy)  # END's token index; nodes keep their ``taxonomy.nodes`` index
         self.inputs = LevelInputs(level_layers, backbone.feature_shapes(in_chans, image_size), conversion)
@@ -132,10 +139,11 @@ class CNNS2S(nn.Module):
         embed_size = embed_size or p
         dropout = dropout if num_layers > 1 else 0.0
         self.encoder = nn.LSTM(p, hidden_size, num_layers, batch_first=True, bidirectional=True, dropout=dropout)
-        self.decoder = nn.LSTM(embed_size, 2 * hidden_size, num_layers, batch_first=True, dropout=dropout)
+        self.decoder = nn.LSTM(embed_size + (p if level_inputs else 0), 2 * hidden_size, num_layers, batch_first=True, dropout=dropout)
         _init_lstm(self.encoder)
         _init_lstm(self.decoder)
-        self.out = nn.Linear(2 * hidden_size, self.end + 1)
+        self.z = nn.Linear(2 * hidden_size, p) if residual else None  # aligns h_t with u_t, as RNNHead's z
+        self.out = nn.Linear(p if residual else 2 * hidden_size, self.end + 1)
         self.start = nn.Parameter(torch.randn(embed_size) * 0.02)
         # only the input map in use exists, so every parameter takes part in training
         if feed == "teacher":
@@ -177,7 +185,10 @@ class CNNS2S(nn.Module):
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's initial (h, c), each [J, B, 2H]: final forward and backward encoder states side by side."""
-        u = self.inputs(self.backbone(images))
+        return self.encode_inputs(self.inputs(self.backbone(images)))
+
+    def encode_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's initial (h, c) from the per-level inputs u [B, T, p] (see ``encode``)."""
         _, (h, c) = self.encoder(u)
         layers, batch = self.encoder.num_layers, u.shape[0]
 
@@ -187,11 +198,25 @@ class CNNS2S(nn.Module):
 
         return join(h), join(c)
 
-    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
-             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """One decoder step: input [N, E] and state -> logits [N, |V|+1] and the new state."""
+    def readout(self, h: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """Logits [..., |V|+1] of decoder outputs h [..., 2H]; with residual, of u + z(h) (u: the step's level input)."""
+        return self.out(h) if self.z is None else self.out(u + self.z(h))
+
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], inputs: torch.Tensor | None = None,
+             t: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Decoder step ``t``: feed [N, E] and state -> logits [N, |V|+1] and the new state.
+
+        ``inputs`` (u_1..u_T [N, T, p], ``S2SOutputs.inputs``) is needed with level_inputs or
+        residual: step t uses u_{t+1}, zeros at the last step (END alone).
+        """
+        u = None
+        if inputs is not None:
+            u = inputs[:, t] if t < self.num_levels else inputs.new_zeros(inputs.shape[0], inputs.shape[2])
+            u = u.to(x.dtype)
+        if self.level_inputs:
+            x = torch.cat([x, u], -1)
         out, state = self.decoder(x.unsqueeze(1), state)
-        return self.out(out.squeeze(1)), state
+        return self.readout(out.squeeze(1), u), state
 
     def next_input(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Decoder input [N, E] after a step that gave ``logits`` [N, |V|+1] and chose ``tokens`` [N]."""
@@ -238,7 +263,9 @@ class CNNS2S(nn.Module):
 
     def forward(self, images: torch.Tensor, paths: torch.Tensor | None = None) -> S2SOutputs:
         """Logits for all T + 1 steps; with feed="teacher" and ``paths`` given, teacher-forced, else free-running."""
-        state = self.encode(images)
+        u = self.inputs(self.backbone(images))
+        state = self.encode_inputs(u)
+        kept = u if self.level_inputs or self.residual else None
         batch = images.shape[0]
         start = self.start.expand(batch, -1)
         if self.feed == "teacher" and paths is not None:
@@ -249,16 +276,19 @@ class CNNS2S(nn.Module):
                 tokens = self.step_targets(paths)[:, :-1]
                 prev = self.embed(torch.where(tokens == IGNORE_INDEX, self.end, tokens))
             x = torch.cat([start[:, None], prev.to(start.dtype)], 1)
+            u = F.pad(u, (0, 0, 0, 1)).to(x.dtype)  # no level input at the last step
+            if self.level_inputs:
+                x = torch.cat([x, u], -1)
             out, _ = self.decoder(x, state)
-            return S2SOutputs(self.out(out), state)
+            return S2SOutputs(self.readout(out, u), state, kept)
         # free-running: teacher feed without targets uses the argmax, as at inference with beam 1
         steps, x, s = [], start, state
         for t in range(self.num_levels + 1):
-            logits, s = self.step(x, s)
+            logits, s = self.step(x, s, kept, t)
             steps.append(logits)
             if t < self.num_levels:
                 x = self.set_input(logits, t) if self.multilabel else self.next_input(logits, logits.argmax(-1))
-        return S2SOutputs(torch.stack(steps, 1), state)
+        return S2SOutputs(torch.stack(steps, 1), state, kept)
 
     def loss(self, outputs: S2SOutputs, paths: torch.Tensor, level_weights: Sequence[float],
              label_smoothing: float = 0.0) -> torch.Tensor:
@@ -336,9 +366,11 @@ class CNNS2S(nn.Module):
         last = torch.full((batch, k), end + 1, device=device, dtype=torch.long)  # START
         offsets = (torch.arange(batch, device=device) * k)[:, None]
         x = self.start.to(dtype).expand(batch * k, -1)
+        # a sample's beams sit in its own K rows, so its level inputs need no reordering
+        inputs = None if outputs.inputs is None else outputs.inputs.to(dtype).repeat_interleave(k, dim=0)
         tokens, backs = [], []
         for t in range(self.num_levels + 1):
-            logits, (h, c) = self.step(x, (h, c))
+            logits, (h, c) = self.step(x, (h, c), inputs, t)
             logp = logits.float().log_softmax(-1).clamp_min(floor).view(batch, k, vocab)
             logp = logp.masked_fill((last == end)[..., None], 0.0)  # a finished path carries its score
             cand = (score[..., None] + logp).masked_fill(~self.allowed[last], neg_inf)
@@ -377,7 +409,8 @@ class CNNS2S(nn.Module):
 def s2s_settings(cfg: dict) -> dict:
     """The CNNS2S keyword arguments of a variant's ``s2s`` entry, checked."""
     s2s = {k: v for k, v in cfg.get("s2s", {}).items() if v is not None}
-    known = {"hidden_size", "num_layers", "feed", "end_after", "embed_size", "dropout"}
+    known = {"hidden_size", "num_layers", "feed", "end_after", "embed_size", "dropout", "level_inputs",
+             "residual"}
     unknown = sorted(set(s2s) - known)
     if unknown:
         raise ValueError(f"unknown s2s settings {unknown}; expected some of {sorted(known)}")
