@@ -68,3 +68,21 @@ def test_temperatures_calibrate_without_changing_a_path(kind: str) -> None:
         assert (expected_calibration_error(scaled.prefix_probs[ok, d], raw.correct[ok, d])
                 < expected_calibration_error(raw.prefix_probs[ok, d], raw.correct[ok, d]))
     assert np.all(np.diff(np.nan_to_num(scaled.prefix_probs, nan=0.0), axis=1) <= 1e-6)  # still non-increasing
+
+
+def test_node_temperatures_calibrate_the_sigmoids_of_each_level() -> None:
+    """Multi-label: node labels drawn from sigmoid(z), scores sigmoid(z / 3) on level 0 and sigmoid(z * 2)
+    on level 1: the fitted temperatures undo each level's distortion."""
+    from dhnn.evaluation.calibration import fit_node_temperatures, scale_node_scores
+
+    gen = torch.Generator().manual_seed(0)
+    level = torch.tensor([0, 0, 1, 1, 1])
+    z = 3 * torch.randn(20000, 5, generator=gen)
+    targets = (torch.rand(20000, 5, generator=gen) < z.sigmoid()).float()
+    scores = (z * torch.where(level == 0, 1 / 3, 2.0)).sigmoid()
+    temps = fit_node_temperatures(scores, targets, level)
+    assert temps == pytest.approx([1 / 3, 2.0], rel=0.1)
+    truth = targets.flatten().numpy() > 0.5
+    before = expected_calibration_error(scores.double().flatten().numpy(), truth)
+    after = expected_calibration_error(scale_node_scores(scores, temps, level).flatten().numpy(), truth)
+    assert before > 0.05 and after < 0.01, (before, after)

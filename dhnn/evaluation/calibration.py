@@ -52,3 +52,28 @@ def fit_temperatures(model: nn.Module, loader: DataLoader, device: torch.device,
 
     optimizer.step(nll)
     return [float(t) for t in log_t.detach().exp()]
+
+
+def fit_node_temperatures(scores: torch.Tensor, targets: torch.Tensor, level_of_node: torch.Tensor,
+                          max_iter: int = 100) -> list[float]:
+    """Multi-label: one temperature per level for the node sigmoids, fitted by their binary cross-entropy
+    against the ancestor-closed targets on validation (``scores`` [N, |V|] probabilities)."""
+    logits = torch.logit(scores.double().clamp(1e-7, 1 - 1e-7))
+    levels = int(level_of_node.max()) + 1
+    log_t = torch.zeros(levels, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(logits / log_t.exp()[level_of_node], targets.double())
+        loss.backward()
+        return loss
+
+    optimizer.step(nll)
+    return [float(t) for t in log_t.detach().exp()]
+
+
+def scale_node_scores(scores: torch.Tensor, temperatures: list[float], level_of_node: torch.Tensor) -> torch.Tensor:
+    """Node probabilities [N, |V|] with each node's logit divided by its level's temperature."""
+    logits = torch.logit(scores.double().clamp(1e-7, 1 - 1e-7))
+    return (logits / torch.tensor(temperatures, dtype=torch.float64)[level_of_node]).sigmoid()
