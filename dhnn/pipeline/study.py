@@ -93,6 +93,7 @@ def run_study(name: str) -> Path:
     """Run study ``name`` with ``dvc repro`` in its workspace and freeze its report; the record's folder."""
     profile = profile_path(name)
     params = load_params(profile)  # a bad profile stops here, before any work
+    ran = commit()  # the code the workspace copies now, whatever is committed while the study runs
     ws = workspace(name, profile)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
@@ -109,7 +110,7 @@ def run_study(name: str) -> Path:
             shutil.copy(ws / "results" / "report" / f, out / f)
     shutil.copy(profile, out / "params.yaml")
     atomic_write_json(out / "run.json", {
-        "study": name, "command": f"python -m dhnn.pipeline.study {name}", "commit": commit(),
+        "study": name, "command": f"python -m dhnn.pipeline.study {name}", "commit": ran,
         "params": str(profile.relative_to(project_root()) if profile.is_relative_to(project_root()) else profile),
         "params_sha256": hashlib.sha256(profile.read_bytes()).hexdigest(),
         "variants": params.grid.variants, "seeds": params.grid.seeds,
